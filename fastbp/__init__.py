@@ -1,0 +1,9 @@
+"""fastbp: the from-scratch deep-learning API (``layers``, ``loss``, ``optim``) on fused
+Numba kernels, proved equal to a pure-NumPy reference (``fastbp.reference``).
+
+Importing fastbp compiles nothing: kernels compile on first use or load from Numba's cache.
+"""
+from . import layers, loss, optim
+
+__version__ = "0.1.0"
+__all__ = ["layers", "loss", "optim", "__version__"]

@@ -1,0 +1,60 @@
+"""Input checks shared by the public classes: clear, typed errors before any kernel runs."""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_dtype(dtype, who):
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{who}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def as_batch(x, dtype, who, name="x", check_finite=True):
+    """``x`` as a C-contiguous, writable (N, F) array of ``dtype`` with N >= 1.
+
+    Integer and boolean arrays are converted; complex, object and string arrays, wrong
+    ranks, empty batches and (when ``check_finite``) NaN or Inf are refused. The caller's
+    array is never modified: a read-only or non-contiguous input is copied.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{who}: {name} must hold real numbers (int, bool or float), got "
+                        f"dtype {arr.dtype}; convert it, e.g. {name}.astype(np.float64)")
+    if arr.ndim != 2:
+        raise ValueError(f"{who}: {name} must be 2-D (batch, features), got shape {arr.shape}; "
+                         f"use {name}.reshape(-1, 1) for one feature or {name}[None, :] for "
+                         f"one sample")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{who}: {name} is empty (shape {arr.shape}); pass at least one row "
+                         f"and one column")
+    arr = np.require(arr, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    if check_finite and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{who}: {name} contains NaN or Inf (first at index {tuple(bad)}); "
+                         f"clean or impute the data first")
+    return arr
+
+
+def positive_number(value, who, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
+            or not np.isfinite(value):
+        raise ValueError(f"{who}: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def unit_interval(value, who, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{who}: {name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def positive_int(value, who, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{who}: {name} must be an integer >= 1, got {value!r}")
+    return int(value)

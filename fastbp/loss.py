@@ -1,0 +1,85 @@
+"""Losses: MSE, CategoricalCrossentropy, BinaryCrossentropy; ``loss(pred, y)`` then
+``loss.backward()``, each value and gradient computed in one fused kernel pass."""
+import numpy as np
+
+from . import kernels as K
+from ._checks import as_batch
+from .layers import Sigmoid, Softmax
+from .reference.loss import clip_eps
+
+__all__ = ["Loss", "MSE", "CategoricalCrossentropy", "BinaryCrossentropy"]
+
+
+class Loss:
+    """Base of the built-in losses: ``__call__(pred, y)`` returns the loss as a float and
+    keeps dL/dpred for ``backward()``."""
+
+    code = None
+    fused_with = None   # the output activation whose pair gradient is p - y
+    fused_code = None
+
+    def _prepare(self, pred, y):
+        name = type(self).__name__
+        dtype = pred.dtype if getattr(pred, "dtype", None) in (np.float32, np.float64) \
+            else np.float64
+        pred = as_batch(pred, dtype, name, "pred", check_finite=False)
+        y = as_batch(y, dtype, name, "y", check_finite=False)
+        if y.shape != pred.shape:
+            raise ValueError(f"{name}: y has shape {y.shape} but the prediction has shape "
+                             f"{pred.shape}; they must match (one-hot encode class labels, "
+                             f"reshape a 1-D target with y.reshape(-1, 1))")
+        return pred, y
+
+    def __call__(self, pred, y):
+        self._given_pred = pred  # lets fused_backward check that pred came from the model
+        self.pred, self.y = self._prepare(pred, y)
+        self.grad = np.empty_like(self.pred)
+        return float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y,
+                                             clip_eps(self.pred.dtype)))
+
+    def backward(self):
+        """dL/dpred for the last call, shape (N, O)."""
+        return self.grad
+
+    def fused_backward(self, last_layer):
+        """dL/dlogits when ``last_layer`` is this loss's paired activation and produced the
+        last prediction; else None (the caller then uses ``backward``)."""
+        if self.fused_with is None or type(last_layer) is not self.fused_with \
+                or getattr(last_layer, "output", None) is not self._given_pred:
+            return None
+        grad = np.empty_like(self.pred)
+        K.loss_forward_backward(self.fused_code, grad, self.pred, self.y,
+                                clip_eps(self.pred.dtype))
+        return grad
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class MSE(Loss):
+    """Mean squared error: loss = mean(e**2) over all elements, e = pred - y.
+
+    ``backward`` returns 2 * e / O (O = outputs per sample): the original's convention,
+    the gradient of the per-sample mean summed over the batch, so a learning rate tuned
+    for the original trains the same.
+    """
+    code = K.MSE
+
+
+class CategoricalCrossentropy(Loss):
+    """loss = -sum(y * log(p)), summed over the batch and the classes (no mean); p is
+    clipped to [eps, 1] (eps 1e-12 in float64, 1e-7 in float32). ``backward`` is the true
+    gradient -y / p of that sum. After a Softmax in a Model, the pair runs fused: the
+    gradient w.r.t. the logits is p * sum(y) - y (= p - y for one-hot y)."""
+    code = K.CCE
+    fused_with = Softmax
+    fused_code = K.SOFTMAX_CCE
+
+
+class BinaryCrossentropy(Loss):
+    """loss = -sum(y log p + (1 - y) log(1 - p)), summed over the batch and the outputs;
+    p clipped to [eps, 1 - eps]. ``backward`` is its true gradient (p - y) / (p (1 - p)).
+    After a Sigmoid in a Model, the pair runs fused with gradient p - y w.r.t. the logits."""
+    code = K.BCE
+    fused_with = Sigmoid
+    fused_code = K.SIGMOID_BCE

@@ -1,0 +1,132 @@
+"""Optimizers: SGD, Momentum, RMSProp, Adam, called as ``optim(model, loss)``.
+
+A call runs the backward pass (last layer to first), then updates every parameter. The
+built-in Linear layers of a fastbp Model share one flat buffer, updated by one fused
+kernel call; the ``w`` and ``b`` of any other Layer are updated by the same kernel, one
+array at a time. State (moments, step count) lives in the optimizer, per parameter, and
+survives across ``train`` calls.
+"""
+import numpy as np
+
+from . import kernels as K
+from ._checks import positive_number, unit_interval
+from .layers import Layer, Linear, Model
+
+__all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam"]
+
+
+class Optimizer:
+    code = None
+    n_slots = 0  # state arrays per parameter
+
+    def __init__(self, lr):
+        self.lr = positive_number(lr, type(self).__name__, "lr")
+        self.t = 0          # steps taken
+        self.state = {}     # key -> list of n_slots arrays shaped like the parameter
+
+    def __call__(self, model, loss):
+        if isinstance(model, Model):
+            model.backward(loss)
+        else:
+            grad = loss.backward()
+            for layer in reversed(model.layers):
+                grad = layer.backward(grad)
+        self.step(model)
+
+    def hyper(self):
+        """(lr, a, b, eps, c1, c2) for the update kernel, at the current step ``t``."""
+        raise NotImplementedError
+
+    def _slots(self, key, like):
+        slots = self.state.get(key)
+        if slots is None or slots[0].shape != like.shape or slots[0].dtype != like.dtype:
+            slots = self.state[key] = [np.zeros_like(like) for _ in range(max(self.n_slots, 1))]
+        return slots
+
+    def _update(self, key, p, g, hp):
+        s = self._slots(key, p)
+        K.optim_update(self.code, p, g, s[0], s[-1], hp)
+
+    def step(self, model):
+        """Update every parameter of ``model`` from the gradients of the last backward."""
+        self.t += 1
+        hp = self.hyper()
+        flat = getattr(model, "params", None)
+        if isinstance(model, Model) and flat is not None:
+            self._update("flat", flat, model.grads, hp)
+        for i, layer in enumerate(model.layers):
+            if not isinstance(layer, Layer) or (flat is not None and isinstance(layer, Linear)):
+                continue
+            for name in ("w", "b"):
+                p, g = getattr(layer, name), getattr(layer, name + "_gradient")
+                p = np.asarray(p)
+                if p.dtype not in (np.float32, np.float64) or not p.flags.c_contiguous \
+                        or not p.flags.writeable:
+                    raise TypeError(f"{type(self).__name__}: layer {i} ({layer!r}) has a "
+                                    f"{name} the optimizer cannot update in place (dtype "
+                                    f"{p.dtype}); keep w and b as writable float arrays")
+                g = np.ascontiguousarray(np.broadcast_to(g, p.shape), dtype=p.dtype)
+                self._update((i, name), p.reshape(-1), g.reshape(-1), hp)
+
+    def state_dict(self):
+        """Arrays and numbers that let a saved run resume exactly."""
+        return {"t": self.t, "state": {k: [a.copy() for a in v] for k, v in self.state.items()}}
+
+    def load_state_dict(self, d):
+        self.t = int(d["t"])
+        self.state = {k: [np.array(a) for a in v] for k, v in d["state"].items()}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(lr={self.lr})"
+
+
+class SGD(Optimizer):
+    """p -= lr * g."""
+    code = K.SGD
+
+    def __init__(self, lr=0.01):
+        super().__init__(lr)
+
+    def hyper(self):
+        return np.array([self.lr, 0, 0, 0, 1, 1], np.float64)
+
+
+class Momentum(Optimizer):
+    """v = beta * v + lr * g; p -= v."""
+    code, n_slots = K.MOMENTUM, 1
+
+    def __init__(self, lr=0.01, beta=0.9):
+        super().__init__(lr)
+        self.beta = unit_interval(beta, "Momentum", "beta")
+
+    def hyper(self):
+        return np.array([self.lr, self.beta, 0, 0, 1, 1], np.float64)
+
+
+class RMSProp(Optimizer):
+    """As torch.optim.RMSprop: v = alpha v + (1 - alpha) g^2; p -= lr g / (sqrt(v) + eps)."""
+    code, n_slots = K.RMSPROP, 1
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8):
+        super().__init__(lr)
+        self.alpha = unit_interval(alpha, "RMSProp", "alpha")
+        self.eps = positive_number(eps, "RMSProp", "eps")
+
+    def hyper(self):
+        return np.array([self.lr, self.alpha, 0, self.eps, 1, 1], np.float64)
+
+
+class Adam(Optimizer):
+    """As torch.optim.Adam: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), t = 1 on the first step."""
+    code, n_slots = K.ADAM, 2
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(lr)
+        self.beta1 = unit_interval(beta1, "Adam", "beta1")
+        self.beta2 = unit_interval(beta2, "Adam", "beta2")
+        self.eps = positive_number(eps, "Adam", "eps")
+
+    def hyper(self):
+        return np.array([self.lr, self.beta1, self.beta2, self.eps,
+                         1 - self.beta1 ** self.t, 1 - self.beta2 ** self.t], np.float64)

@@ -1,0 +1,83 @@
+"""Reference optimizers: SGD, Momentum, RMSProp, Adam, called as ``optim(model, loss)``.
+
+Each call runs the backward pass from the last layer to the first, then updates every
+Layer's ``w`` and ``b`` in place.
+"""
+import numpy as np
+
+from .layers import Layer
+
+
+class Optimizer:
+    def __init__(self, lr):
+        self.lr = lr
+        self.state = {}
+
+    def __call__(self, model, loss):
+        grad = loss.backward()
+        for layer in reversed(model.layers):
+            grad = layer.backward(grad)
+        self.begin_step()
+        for layer in model.layers:
+            if isinstance(layer, Layer):
+                for name in ("w", "b"):
+                    self.update(getattr(layer, name), getattr(layer, name + "_gradient"),
+                                self.state.setdefault((id(layer), name), {}))
+
+    def begin_step(self):
+        pass
+
+
+class SGD(Optimizer):
+    def __init__(self, lr=0.01):
+        super().__init__(lr)
+
+    def update(self, p, g, state):
+        p -= self.lr * g
+
+
+class Momentum(Optimizer):
+    """v = beta * v + lr * g; p -= v."""
+
+    def __init__(self, lr=0.01, beta=0.9):
+        super().__init__(lr)
+        self.beta = beta
+
+    def update(self, p, g, state):
+        v = state.setdefault("v", np.zeros_like(p))
+        v[...] = self.beta * v + self.lr * g
+        p -= v
+
+
+class RMSProp(Optimizer):
+    """torch.optim.RMSprop: v = alpha v + (1 - alpha) g^2; p -= lr g / (sqrt(v) + eps)."""
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8):
+        super().__init__(lr)
+        self.alpha, self.eps = alpha, eps
+
+    def update(self, p, g, state):
+        v = state.setdefault("v", np.zeros_like(p))
+        v[...] = self.alpha * v + (1 - self.alpha) * g * g
+        p -= self.lr * g / (np.sqrt(v) + self.eps)
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam, bias-corrected by the step count t (1 on the first step)."""
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.t = 0
+
+    def begin_step(self):
+        self.t += 1
+
+    def update(self, p, g, state):
+        m = state.setdefault("m", np.zeros_like(p))
+        v = state.setdefault("v", np.zeros_like(p))
+        m[...] = self.beta1 * m + (1 - self.beta1) * g
+        v[...] = self.beta2 * v + (1 - self.beta2) * g * g
+        m_hat = m / (1 - self.beta1 ** self.t)
+        v_hat = v / (1 - self.beta2 ** self.t)
+        p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)

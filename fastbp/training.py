@@ -1,0 +1,104 @@
+"""The training loop behind Model.train / predict / evaluate."""
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._checks import as_batch, positive_int
+from .layers import History
+
+
+def _pick(value, alias, name, alias_name, default):
+    if value is not None and alias is not None:
+        raise TypeError(f"train: pass either {name}= or {alias_name}=, not both")
+    value = value if value is not None else alias
+    return default() if value is None else value
+
+
+def _xy(model, x, y, who):
+    x = as_batch(x, model.dtype, who, "x")
+    y = as_batch(y, model.dtype, who, "y")
+    if len(x) != len(y):
+        raise ValueError(f"{who}: x has {len(x)} rows but y has {len(y)}; they must match")
+    return x, y
+
+
+def accuracy(pred, y):
+    """Fraction of rows classified right: argmax for several outputs, 0.5 threshold for one."""
+    if pred.shape[1] == 1:
+        return float(np.mean((pred > 0.5) == (y > 0.5)))
+    return float(np.mean(pred.argmax(1) == y.argmax(1)))
+
+
+def layerwise_epoch(model, x, y, order, batch_size, optim, loss):
+    """One epoch, layer by layer (any layers, loss and optimizer); returns the mean loss."""
+    n = len(x)
+    losses = []
+    for start in range(0, n, batch_size):
+        if order is None:
+            xb, yb = (x, y) if batch_size >= n else (x[start:start + batch_size],
+                                                     y[start:start + batch_size])
+        else:
+            rows = order[start:start + batch_size]
+            xb, yb = x[rows], y[rows]
+        losses.append(loss(model._forward(xb), yb))
+        optim(model, loss)
+    return float(np.mean(losses))
+
+
+def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
+        verbose, loss_fn, optimizer):
+    from .loss import MSE
+    from .optim import SGD
+    optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
+    loss = _pick(loss, loss_fn, "loss", "loss_fn", MSE)
+    epochs = positive_int(epochs, "train", "epochs")
+    x, y = _xy(model, x, y, "train")
+    n = len(x)
+    batch_size = n if batch_size is None else min(positive_int(batch_size, "train",
+                                                               "batch_size"), n)
+    if validation_data is not None:
+        if len(validation_data) != 2:
+            raise ValueError("train: validation_data must be a pair (x_val, y_val)")
+        x_val, y_val = _xy(model, *validation_data, "train (validation_data)")
+    rng = np.random.default_rng(seed)
+    history = History()
+    if validation_data is not None:
+        history.history.update(val_loss=[], val_accuracy=[])
+    from .plan import epoch_runner
+    run_epoch = epoch_runner(model, x, y, batch_size, optim, loss)
+    with tqdm(total=epochs, disable=not verbose, unit="epoch", desc="train",
+              dynamic_ncols=True) as bar:
+        for epoch in range(1, epochs + 1):
+            order = rng.permutation(n) if shuffle and batch_size < n else None
+            value = run_epoch(order)
+            if not np.isfinite(value):
+                raise FloatingPointError(
+                    f"train: the loss became {value} at epoch {epoch} (optimizer "
+                    f"{optim!r}); training diverged. Lower the learning rate, scale the "
+                    f"inputs, or use float64")
+            history.append(value)
+            postfix = {"loss": f"{value:.4g}"}
+            if validation_data is not None:
+                pred = predict(model, x_val, None)
+                val_loss = float(loss(pred, y_val))
+                history.history["val_loss"].append(val_loss)
+                history.history["val_accuracy"].append(accuracy(pred, y_val))
+                postfix["val_loss"] = f"{val_loss:.4g}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+    return history
+
+
+def predict(model, x, batch_size=None):
+    x = as_batch(x, model.dtype, "predict", "x")
+    if batch_size is None or batch_size >= len(x):
+        return model._forward(x)
+    batch_size = positive_int(batch_size, "predict", "batch_size")
+    return np.concatenate([model._forward(x[i:i + batch_size])
+                           for i in range(0, len(x), batch_size)])
+
+
+def evaluate(model, x, y, loss=None):
+    from .loss import MSE
+    x, y = _xy(model, x, y, "evaluate")
+    loss = MSE() if loss is None else loss
+    return float(loss(model._forward(x), y))

@@ -1,0 +1,372 @@
+"""fastbp's Numba kernels: layers, activations, losses, optimizer updates.
+
+Dimension letters: N = batch rows, I = input features, O = output features.
+
+Every kernel writes into caller-given arrays, allocates nothing per element, validates
+nothing (the objects in ``fastbp`` do) and returns at most a scalar loss. Each row-wise op
+has three levels: a serial body over a range (``_*_rows`` / ``_*_cols`` / ``_*_range``), a
+parallel driver that runs the body over fixed-size chunks (``_*_par``), and the public
+kernel that picks one by size. Chunks are a fixed number of rows, never "one per thread",
+so every reduction adds in the same order on one thread or many: results are bitwise
+reproducible and the serial and parallel variants agree exactly.
+
+All kernels and the helpers they call live in this one module: Numba's ``cache=True``
+keys a cached function by its own source file only, so a helper edited in another file
+would leave a stale cache behind.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .config import (COLS_PER_BLOCK, PARALLEL, PARALLEL_MIN_ELEMENTS, ROWS_PER_CHUNK,
+                     SERIAL)
+
+# Activation codes (fastbp.layers maps classes to these).
+IDENTITY, RELU, SIGMOID, TANH, SOFTMAX = 0, 1, 2, 3, 4
+# Loss codes; the *_FUSED codes are the output-layer pairs whose gradient w.r.t. the
+# pre-activation is p - y: Softmax + CategoricalCrossentropy, Sigmoid + BinaryCrossentropy.
+MSE, CCE, BCE, SOFTMAX_CCE, SIGMOID_BCE = 0, 1, 2, 3, 4
+# Optimizer codes; hyper-parameters travel in a float64 array `hp` (see optim_update).
+SGD, MOMENTUM, RMSPROP, ADAM = 0, 1, 2, 3
+
+
+# ---------------------------------------------------------------- scalar helpers
+
+@njit(**SERIAL)
+def _sigmoid(z):
+    # Two branches so that exp never overflows: exp(-z) for z >= 0, exp(z) otherwise.
+    if z >= 0:
+        return 1.0 / (1.0 + np.exp(-z))
+    e = np.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(**SERIAL)
+def _activation_derivative(g, o, act):
+    """Gradient w.r.t. the pre-activation, from the incoming gradient g and the output o."""
+    if act == RELU:
+        return g if o > 0 else 0.0 * g
+    if act == SIGMOID:
+        return g * (o * (1.0 - o))
+    if act == TANH:
+        return g * (1.0 - o * o)
+    return g
+
+
+def _chunks(n, per):
+    return (n + per - 1) // per
+
+
+_chunks = njit(**SERIAL)(_chunks)
+
+
+# ---------------------------------------------------------------- activation forward
+
+@njit(**SERIAL)
+def _forward_rows(out, z, b, act, lo, hi):
+    """out[i] = act(z[i] + b) for rows lo..hi; b may be empty (no bias); out may be z."""
+    n_out = out.shape[1]
+    has_bias = b.shape[0] > 0
+    for i in range(lo, hi):
+        if has_bias:
+            for j in range(n_out):
+                out[i, j] = z[i, j] + b[j]
+        else:
+            for j in range(n_out):
+                out[i, j] = z[i, j]
+        if act == RELU:
+            for j in range(n_out):
+                if out[i, j] < 0:
+                    out[i, j] = 0.0
+        elif act == SIGMOID:
+            for j in range(n_out):
+                out[i, j] = _sigmoid(out[i, j])
+        elif act == TANH:
+            for j in range(n_out):
+                out[i, j] = np.tanh(out[i, j])
+        elif act == SOFTMAX:
+            # Each row subtracts its own max, so far-apart rows never become 0/0.
+            m = out[i, 0]
+            for j in range(1, n_out):
+                if out[i, j] > m:
+                    m = out[i, j]
+            s = 0.0
+            for j in range(n_out):
+                out[i, j] = np.exp(out[i, j] - m)
+                s += out[i, j]
+            for j in range(n_out):
+                out[i, j] = out[i, j] / s
+
+
+@njit(**PARALLEL)
+def _forward_par(out, z, b, act):
+    n = out.shape[0]
+    for c in prange(_chunks(n, ROWS_PER_CHUNK)):
+        _forward_rows(out, z, b, act, c * ROWS_PER_CHUNK, min(n, (c + 1) * ROWS_PER_CHUNK))
+
+
+@njit(**SERIAL)
+def bias_activation_forward(out, z, b, act):
+    """out = act(z + b), row-wise; ``b`` of length 0 means no bias. ``out`` may be ``z``.
+
+    out, z: (N, O); b: (O,) or (0,).
+    """
+    if out.size >= PARALLEL_MIN_ELEMENTS:
+        _forward_par(out, z, b, act)
+    else:
+        _forward_rows(out, z, b, act, 0, out.shape[0])
+
+
+@njit(**SERIAL)
+def linear_forward(out, x, w, b, act):
+    """out = act(x @ w + b): one BLAS GEMM, then bias and activation in one sweep.
+
+    out: (N, O); x: (N, I); w: (I, O); b: (O,).
+    """
+    np.dot(x, w, out)
+    bias_activation_forward(out, out, b, act)
+
+
+# ---------------------------------------------------------------- activation backward
+
+@njit(**SERIAL)
+def _backward_rows(dz, dout, out, act, lo, hi):
+    """dz[i] = dL/dz for rows lo..hi given dL/dout and the cached output; dz may be dout."""
+    n_out = out.shape[1]
+    for i in range(lo, hi):
+        if act == SOFTMAX:
+            # Closed form of the softmax Jacobian-vector product: p * (g - <g, p>).
+            s = 0.0
+            for j in range(n_out):
+                s += dout[i, j] * out[i, j]
+            for j in range(n_out):
+                dz[i, j] = out[i, j] * (dout[i, j] - s)
+        else:
+            for j in range(n_out):
+                dz[i, j] = _activation_derivative(dout[i, j], out[i, j], act)
+
+
+@njit(**PARALLEL)
+def _backward_par(dz, dout, out, act):
+    n = out.shape[0]
+    for c in prange(_chunks(n, ROWS_PER_CHUNK)):
+        _backward_rows(dz, dout, out, act, c * ROWS_PER_CHUNK, min(n, (c + 1) * ROWS_PER_CHUNK))
+
+
+@njit(**SERIAL)
+def activation_backward(dz, dout, out, act):
+    """dz = dL/dz from dout = dL/d(act(z)) and out = act(z); O(N*O) for every act.
+
+    dz, dout, out: (N, O). ``dz`` may be ``dout``.
+    """
+    if out.size >= PARALLEL_MIN_ELEMENTS:
+        _backward_par(dz, dout, out, act)
+    else:
+        _backward_rows(dz, dout, out, act, 0, out.shape[0])
+
+
+@njit(**SERIAL)
+def _backward_cols(dz, db, dout, out, act, j0, j1):
+    """For columns j0..j1: dz = derivative applied to dout, and db = column sums of dz.
+
+    One sweep; rows are added in order, so every variant gives the same db bit for bit.
+    Not for SOFTMAX (it needs whole rows).
+    """
+    for j in range(j0, j1):
+        db[j] = 0.0
+    for i in range(dz.shape[0]):
+        for j in range(j0, j1):
+            d = _activation_derivative(dout[i, j], out[i, j], act)
+            dz[i, j] = d
+            db[j] += d
+
+
+@njit(**PARALLEL)
+def _backward_cols_par(dz, db, dout, out, act):
+    # Parallel over blocks of output features: no two threads ever write the same db[j].
+    n_out = dz.shape[1]
+    for c in prange(_chunks(n_out, COLS_PER_BLOCK)):
+        _backward_cols(dz, db, dout, out, act, c * COLS_PER_BLOCK,
+                       min(n_out, (c + 1) * COLS_PER_BLOCK))
+
+
+@njit(**SERIAL)
+def activation_backward_bias(dz, db, dout, out, act):
+    """dz = derivative of ``act`` applied to dout, and db = dz.sum(0), in one sweep.
+
+    dz, dout, out: (N, O); db: (O,). ``dz`` may be ``dout``.
+    """
+    if act == SOFTMAX:
+        activation_backward(dz, dout, out, act)
+        act = IDENTITY
+        dout = dz
+    if dz.size >= PARALLEL_MIN_ELEMENTS and dz.shape[1] > COLS_PER_BLOCK:
+        _backward_cols_par(dz, db, dout, out, act)
+    else:
+        _backward_cols(dz, db, dout, out, act, 0, dz.shape[1])
+
+
+@njit(**SERIAL)
+def _colsum_cols(db, a, j0, j1):
+    for j in range(j0, j1):
+        db[j] = 0.0
+    for i in range(a.shape[0]):
+        for j in range(j0, j1):
+            db[j] += a[i, j]
+
+
+@njit(**PARALLEL)
+def _colsum_par(db, a):
+    n_out = a.shape[1]
+    for c in prange(_chunks(n_out, COLS_PER_BLOCK)):
+        _colsum_cols(db, a, c * COLS_PER_BLOCK, min(n_out, (c + 1) * COLS_PER_BLOCK))
+
+
+@njit(**SERIAL)
+def column_sum(db, a):
+    """db = a.sum(0), adding rows in order. a: (N, O); db: (O,)."""
+    if a.size >= PARALLEL_MIN_ELEMENTS and a.shape[1] > COLS_PER_BLOCK:
+        _colsum_par(db, a)
+    else:
+        _colsum_cols(db, a, 0, a.shape[1])
+
+
+@njit(**SERIAL)
+def linear_backward(dx, dw, db, dout, x, w, need_dx):
+    """Gradients of out = x @ w + b: dw = x.T @ dout, db = dout.sum(0), dx = dout @ w.T.
+
+    dx: (N, I) (untouched when need_dx is False); dw: (I, O); db: (O,); dout: (N, O);
+    x: (N, I); w: (I, O). Transposes are passed to BLAS as layouts, never copied.
+    """
+    column_sum(db, dout)
+    np.dot(x.T, dout, dw)
+    if need_dx:
+        np.dot(dout, w.T, dx)
+
+
+# ---------------------------------------------------------------- losses
+
+@njit(**SERIAL)
+def _loss_rows(code, dpred, pred, y, eps, lo, hi):
+    """Writes the gradient for rows lo..hi into dpred and returns their loss sum."""
+    n_out = pred.shape[1]
+    total = 0.0
+    for i in range(lo, hi):
+        if code == MSE:
+            scale = 2.0 / n_out
+            for j in range(n_out):
+                e = pred[i, j] - y[i, j]
+                total += e * e
+                dpred[i, j] = scale * e
+        elif code == CCE:
+            for j in range(n_out):
+                p = max(pred[i, j], eps)
+                if y[i, j] != 0:
+                    total -= y[i, j] * np.log(p)
+                dpred[i, j] = -y[i, j] / p
+        elif code == BCE:
+            for j in range(n_out):
+                p = min(max(pred[i, j], eps), 1.0 - eps)
+                total -= y[i, j] * np.log(p) + (1.0 - y[i, j]) * np.log1p(-p)
+                dpred[i, j] = (p - y[i, j]) / (p * (1.0 - p))
+        elif code == SOFTMAX_CCE:
+            # d/dz of -sum(y * log softmax(z)) = p * sum(y) - y  (= p - y for one-hot y).
+            ysum = 0.0
+            for j in range(n_out):
+                ysum += y[i, j]
+                if y[i, j] != 0:
+                    total -= y[i, j] * np.log(max(pred[i, j], eps))
+            for j in range(n_out):
+                dpred[i, j] = pred[i, j] * ysum - y[i, j]
+        else:  # SIGMOID_BCE: d/dz of the binary cross-entropy of sigmoid(z) is p - y.
+            for j in range(n_out):
+                p = min(max(pred[i, j], eps), 1.0 - eps)
+                total -= y[i, j] * np.log(p) + (1.0 - y[i, j]) * np.log1p(-p)
+                dpred[i, j] = pred[i, j] - y[i, j]
+    return total
+
+
+@njit(**PARALLEL)
+def _loss_par(code, dpred, pred, y, eps, partial):
+    n = pred.shape[0]
+    for c in prange(partial.shape[0]):
+        partial[c] = _loss_rows(code, dpred, pred, y, eps, c * ROWS_PER_CHUNK,
+                                min(n, (c + 1) * ROWS_PER_CHUNK))
+
+
+@njit(**SERIAL)
+def loss_forward_backward(code, dpred, pred, y, eps):
+    """Loss value and its gradient in one pass; returns the loss, writes dL/dpred.
+
+    MSE: mean(e**2) with e = pred - y, gradient 2 e / O (the original convention).
+    CCE / BCE / fused pairs: sums over the batch and the outputs (no mean); p is clipped
+    to [eps, 1] (CCE) or [eps, 1 - eps] (BCE) inside the logarithms.
+    dpred, pred, y: (N, O).
+    """
+    n = pred.shape[0]
+    n_chunks = _chunks(n, ROWS_PER_CHUNK)
+    if pred.size >= PARALLEL_MIN_ELEMENTS:
+        partial = np.empty(n_chunks)
+        _loss_par(code, dpred, pred, y, eps, partial)
+    else:
+        partial = np.empty(n_chunks)
+        for c in range(n_chunks):
+            partial[c] = _loss_rows(code, dpred, pred, y, eps, c * ROWS_PER_CHUNK,
+                                    min(n, (c + 1) * ROWS_PER_CHUNK))
+    total = 0.0
+    for c in range(n_chunks):
+        total += partial[c]
+    if code == MSE:
+        return total / pred.size
+    return total
+
+
+# ---------------------------------------------------------------- optimizers
+
+@njit(**SERIAL)
+def _update_range(code, p, g, s1, s2, hp, lo, hi):
+    """One optimizer step on p[lo:hi]; hp = (lr, a, b, eps, c1, c2), see optim_update."""
+    lr = hp[0]
+    if code == SGD:
+        for k in range(lo, hi):
+            p[k] -= lr * g[k]
+    elif code == MOMENTUM:
+        beta = hp[1]
+        for k in range(lo, hi):
+            s1[k] = beta * s1[k] + lr * g[k]
+            p[k] -= s1[k]
+    elif code == RMSPROP:
+        alpha, eps = hp[1], hp[3]
+        for k in range(lo, hi):
+            s1[k] = alpha * s1[k] + (1.0 - alpha) * g[k] * g[k]
+            p[k] -= lr * g[k] / (np.sqrt(s1[k]) + eps)
+    else:  # ADAM
+        b1, b2, eps, c1, c2 = hp[1], hp[2], hp[3], hp[4], hp[5]
+        for k in range(lo, hi):
+            s1[k] = b1 * s1[k] + (1.0 - b1) * g[k]
+            s2[k] = b2 * s2[k] + (1.0 - b2) * g[k] * g[k]
+            p[k] -= lr * (s1[k] / c1) / (np.sqrt(s2[k] / c2) + eps)
+
+
+@njit(**PARALLEL)
+def _update_par(code, p, g, s1, s2, hp):
+    n = p.shape[0]
+    per = ROWS_PER_CHUNK * 256
+    for c in prange(_chunks(n, per)):
+        _update_range(code, p, g, s1, s2, hp, c * per, min(n, (c + 1) * per))
+
+
+@njit(**SERIAL)
+def optim_update(code, p, g, s1, s2, hp):
+    """One fused update of every parameter in the flat buffer ``p`` from gradients ``g``.
+
+    SGD:      p -= lr g
+    MOMENTUM: s1 = a s1 + lr g; p -= s1                                (a = beta)
+    RMSPROP:  s1 = a s1 + (1 - a) g^2; p -= lr g / (sqrt(s1) + eps)     (a = alpha)
+    ADAM:     s1 = a s1 + (1 - a) g; s2 = b s2 + (1 - b) g^2;
+              p -= lr (s1 / c1) / (sqrt(s2 / c2) + eps), c1 = 1 - a^t, c2 = 1 - b^t
+    hp = (lr, a, b, eps, c1, c2), float64. p, g, s1, s2: 1-D, same length.
+    """
+    if p.shape[0] >= PARALLEL_MIN_ELEMENTS:
+        _update_par(code, p, g, s1, s2, hp)
+    else:
+        _update_range(code, p, g, s1, s2, hp, 0, p.shape[0])

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from fastbp.kernels import PARALLEL_MIN_ELEMENTS
+
+RTOL = {np.float64: 1e-10, np.float32: 1e-4}
+# Batch shapes (N, O): one row, odd sizes, and both sides of the serial/parallel switch.
+SMALL_SHAPES = [(1, 1), (1, 7), (3, 5), (17, 2), (64, 10), (65, 3)]
+LARGE_SHAPES = [(PARALLEL_MIN_ELEMENTS // 97 + 3, 97), (PARALLEL_MIN_ELEMENTS // 130 + 1, 131)]
+SHAPES = SMALL_SHAPES + LARGE_SHAPES
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def assert_close(actual, expected, dtype, scale=None):
+    """Relative agreement at the dtype's tolerance; ``scale`` guards entries near zero."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    rtol = RTOL[np.dtype(dtype).type]
+    atol = rtol * (np.abs(expected).max() if scale is None else scale) if expected.size else 0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+# The original from-scratch XOR examples: note its 4th row repeats [0, 1].
+XOR_X = np.array([[0, 1], [0, 0], [1, 1], [0, 1]])
+XOR_Y = np.array([[1], [0], [0], [1]])
+XOR_Y2 = np.array([[0, 1], [1, 0], [1, 0], [0, 1]])
