@@ -117,14 +117,17 @@ class Linear(Layer):
         self._w, self._b = params[:k].reshape(self.n_in, self.units), params[k:]
         self._dw, self._db = grads[:k].reshape(self.n_in, self.units), grads[k:]
 
-    def build(self, n_in, dtype=None):
-        """Create the weights for ``n_in`` input features (called by the first forward)."""
+    def allocate(self, n_in, dtype=None):
+        """Make (uninitialised) storage for ``n_in`` input features; draws nothing."""
         self.dtype = float_dtype(dtype or self.dtype or np.float64, "Linear")
         self.n_in = positive_int(n_in, "Linear", "n_in")
-        w, b = initial_weights(n_in, self.units, self.init, self.rng)
         self._bind(np.empty(self.n_params, self.dtype), np.zeros(self.n_params, self.dtype))
-        self._w[...], self._b[...] = w, b
         self.initialized = True
+
+    def build(self, n_in, dtype=None):
+        """Create the weights for ``n_in`` input features (called by the first forward)."""
+        self.allocate(n_in, dtype)
+        self._w[...], self._b[...] = initial_weights(n_in, self.units, self.init, self.rng)
 
     def _set(self, name, view, value):
         if not self.initialized:

@@ -1,0 +1,51 @@
+"""Built-in datasets: xor(), spirals() (synthetic) and digits() (scikit-learn's 8x8 digits)."""
+import numpy as np
+
+
+def one_hot(labels, n_classes=None):
+    """(N,) integer labels -> (N, n_classes) float64 one-hot rows."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    return np.eye(n_classes)[labels]
+
+
+def xor():
+    """The XOR truth table: x (4, 2), y (4, 1), float64."""
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
+    return x, (x[:, :1] != x[:, 1:]).astype(np.float64)
+
+
+def spirals(n_per_class=100, n_classes=3, noise=0.2, seed=0):
+    """Interleaved 2-D spirals, one arm per class: x (N, 2), one-hot y (N, n_classes).
+
+    Drawn from ``np.random.default_rng(seed)``; the global generator is not touched.
+    """
+    rng = np.random.default_rng(seed)
+    radius = np.tile(np.linspace(0.0, 1.0, n_per_class), n_classes)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    angle = (labels * 2 * np.pi / n_classes + radius * 4
+             + rng.normal(0, noise, n_per_class * n_classes))
+    x = np.column_stack([radius * np.sin(angle), radius * np.cos(angle)])
+    return x, one_hot(labels, n_classes)
+
+
+def digits(test_fraction=0.2):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download).
+
+    Pixels scaled to [0, 1], labels one-hot over 10 classes, split by a fixed permutation
+    (the same on every machine): returns ``(x_train, y_train), (x_test, y_test)``.
+    Needs scikit-learn (``pip install "fastbp[digits]"``).
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError('fastbp.data.digits() reads the digits that ship with '
+                          'scikit-learn; install it with: pip install "fastbp[digits]" '
+                          '(or pip install scikit-learn)') from e
+    bunch = load_digits()
+    x = bunch.data.astype(np.float64) / 16.0
+    y = one_hot(bunch.target, 10)
+    order = np.random.default_rng(20240611).permutation(len(x))
+    n_test = int(round(len(x) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return (x[train], y[train]), (x[test], y[test])
