@@ -227,6 +227,26 @@ class Model:
             start = stop
         self.params, self.grads = params, grads
 
+    def build(self, n_features):
+        """Create the weights of every Linear for inputs of ``n_features`` columns, in layer
+        order (as the first forward would), and gather them into the flat buffers. With a
+        custom layer in the stack, widths are unknown until it runs: the first forward
+        builds the layers instead."""
+        if self.params is not None:
+            return
+        width = n_features
+        for layer in self.layers:
+            if type(layer) is Linear:
+                if not layer.initialized:
+                    layer.build(width, self.dtype)
+                elif layer.n_in != width:
+                    raise ValueError(f"Model: {layer!r} was built for {layer.n_in} input "
+                                     f"features but receives {width}")
+                width = layer.units
+            elif not isinstance(layer, _KernelActivation):
+                return
+        self._flatten()
+
     def __call__(self, x):
         """Forward pass: x (N, I) -> (N, O). x is converted to the model's dtype."""
         return self._forward(as_batch(x, self.dtype, "Model"))

@@ -1,4 +1,7 @@
 """The training loop behind Model.train / predict / evaluate."""
+import math
+import time
+
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -64,35 +67,54 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     if validation_data is not None:
         history.history.update(val_loss=[], val_accuracy=[])
     from .plan import epoch_runner
-    run_epoch = epoch_runner(model, x, y, batch_size, optim, loss)
+    run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
+    shuffled = shuffle and batch_size < n
+    # Epochs run in chunks (one compiled call each when the plan applies). The progress
+    # bar and validation need Python between epochs; without them, chunks grow at once to
+    # what the row orders may occupy (at most ~8 MB of indices).
+    most = max(1, min(epochs, 1_000_000 // n)) if shuffled else epochs
+    chunk = 1 if (verbose or validation_data is not None) else most
     with tqdm(total=epochs, disable=not verbose, unit="epoch", desc="train",
               dynamic_ncols=True) as bar:
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(n) if shuffle and batch_size < n else None
-            value = run_epoch(order)
-            if not np.isfinite(value):
-                raise FloatingPointError(
-                    f"train: the loss became {value} at epoch {epoch} (optimizer "
-                    f"{optim!r}); training diverged. Lower the learning rate, scale the "
-                    f"inputs, or use float64")
-            history.append(value)
-            postfix = {"loss": f"{value:.4g}"}
+        while len(history) < epochs:
+            count = min(chunk, epochs - len(history))
+            orders = [rng.permutation(n) if shuffled else None for _ in range(count)]
+            started = time.perf_counter()
+            values = run_epochs(orders)
+            elapsed = time.perf_counter() - started
+            for value in values:
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"train: the loss became {value} at epoch {len(history) + 1} "
+                        f"(optimizer {optim!r}); training diverged. Lower the learning "
+                        f"rate, scale the inputs, or use float64")
+                history.append(value)
+            postfix = {"loss": f"{history[-1]:.4g}"}
             if validation_data is not None:
                 pred = predict(model, x_val, None)
                 val_loss = float(loss(pred, y_val))
                 history.history["val_loss"].append(val_loss)
                 history.history["val_accuracy"].append(accuracy(pred, y_val))
                 postfix["val_loss"] = f"{val_loss:.4g}"
+            else:
+                # aim for ~10 progress-bar updates a second
+                chunk = int(min(most, max(1, chunk * 0.1 / max(elapsed, 1e-6))))
             bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
+            bar.update(len(values))
     return history
 
 
 def predict(model, x, batch_size=None):
+    from .plan import plan_for
     x = as_batch(x, model.dtype, "predict", "x")
-    if batch_size is None or batch_size >= len(x):
+    batch_size = len(x) if batch_size is None else positive_int(batch_size, "predict",
+                                                                "batch_size")
+    model.build(x.shape[1])
+    plan = plan_for(model, min(batch_size, len(x)))
+    if plan is not None:
+        return plan.predict(x)
+    if batch_size >= len(x):
         return model._forward(x)
-    batch_size = positive_int(batch_size, "predict", "batch_size")
     return np.concatenate([model._forward(x[i:i + batch_size])
                            for i in range(0, len(x), batch_size)])
 

@@ -21,6 +21,10 @@ PARALLEL = dict(SERIAL, parallel=True)
 # Measured with `python -m fastbp.tools.breakeven` (see README, "Performance").
 PARALLEL_MIN_ELEMENTS = 65536
 
+# Matrix products with at most this many multiply-adds run as a plain loop; above it, a
+# BLAS call's fixed cost pays off. Measured with `python -m fastbp.tools.breakeven`.
+SMALL_GEMM_FLOPS = 4096
+
 # Parallel row-wise kernels split the rows into chunks of this many rows, independent of
 # the thread count, so reductions add in the same order however the threads are scheduled.
 ROWS_PER_CHUNK = 64

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import (COLS_PER_BLOCK, PARALLEL, PARALLEL_MIN_ELEMENTS, ROWS_PER_CHUNK,
-                     SERIAL)
+                     SERIAL, SMALL_GEMM_FLOPS)
 
 # Activation codes (fastbp.layers maps classes to these).
 IDENTITY, RELU, SIGMOID, TANH, SOFTMAX = 0, 1, 2, 3, 4
@@ -57,6 +57,59 @@ def _chunks(n, per):
 
 
 _chunks = njit(**SERIAL)(_chunks)
+
+
+# ---------------------------------------------------------------- matrix products
+# Large products go to BLAS (np.dot, through SciPy's BLAS); below SMALL_GEMM_FLOPS
+# multiply-adds a plain loop is faster than a BLAS call's fixed cost. Transposes are
+# layouts (a.T of a C array is an F array that BLAS reads as is), never copies.
+
+@njit(**SERIAL)
+def matmul(out, a, b):
+    """out = a @ b. a: (N, I), b: (I, O), out: (N, O)."""
+    n, k_dim = a.shape
+    m = b.shape[1]
+    if n * k_dim * m > SMALL_GEMM_FLOPS:
+        np.dot(a, b, out)
+        return
+    for i in range(n):
+        for j in range(m):
+            s = 0.0
+            for k in range(k_dim):
+                s += a[i, k] * b[k, j]
+            out[i, j] = s
+
+
+@njit(**SERIAL)
+def matmul_tn(out, a, b):
+    """out = a.T @ b. a: (N, I), b: (N, O), out: (I, O)."""
+    n, k_dim = a.shape
+    m = b.shape[1]
+    if n * k_dim * m > SMALL_GEMM_FLOPS:
+        np.dot(a.T, b, out)
+        return
+    for i in range(k_dim):
+        for j in range(m):
+            s = 0.0
+            for r in range(n):
+                s += a[r, i] * b[r, j]
+            out[i, j] = s
+
+
+@njit(**SERIAL)
+def matmul_nt(out, a, b):
+    """out = a @ b.T. a: (N, O), b: (I, O), out: (N, I)."""
+    n, m = a.shape
+    k_dim = b.shape[0]
+    if n * k_dim * m > SMALL_GEMM_FLOPS:
+        np.dot(a, b.T, out)
+        return
+    for r in range(n):
+        for i in range(k_dim):
+            s = 0.0
+            for j in range(m):
+                s += a[r, j] * b[i, j]
+            out[r, i] = s
 
 
 # ---------------------------------------------------------------- activation forward
@@ -122,7 +175,7 @@ def linear_forward(out, x, w, b, act):
 
     out: (N, O); x: (N, I); w: (I, O); b: (O,).
     """
-    np.dot(x, w, out)
+    matmul(out, x, w)
     bias_activation_forward(out, out, b, act)
 
 
@@ -238,9 +291,9 @@ def linear_backward(dx, dw, db, dout, x, w, need_dx):
     x: (N, I); w: (I, O). Transposes are passed to BLAS as layouts, never copied.
     """
     column_sum(db, dout)
-    np.dot(x.T, dout, dw)
+    matmul_tn(dw, x, dout)
     if need_dx:
-        np.dot(dout, w.T, dx)
+        matmul_nt(dx, dout, w)
 
 
 # ---------------------------------------------------------------- losses
@@ -304,6 +357,9 @@ def loss_forward_backward(code, dpred, pred, y, eps):
     """
     n = pred.shape[0]
     n_chunks = _chunks(n, ROWS_PER_CHUNK)
+    if n_chunks == 1:
+        total = _loss_rows(code, dpred, pred, y, eps, 0, n)
+        return total / pred.size if code == MSE else total
     if pred.size >= PARALLEL_MIN_ELEMENTS:
         partial = np.empty(n_chunks)
         _loss_par(code, dpred, pred, y, eps, partial)
@@ -370,3 +426,116 @@ def optim_update(code, p, g, s1, s2, hp):
         _update_par(code, p, g, s1, s2, hp)
     else:
         _update_range(code, p, g, s1, s2, hp, 0, p.shape[0])
+
+
+# ---------------------------------------------------------------- compiled training plan
+# A model is a stack of blocks, block k = optional Linear (I_k -> O_k) then an activation
+# (IDENTITY when none). ``spec`` holds one row per block:
+#   (has_linear, act, I_k, O_k, offset of w_k in params, offset of b_k in params).
+# All activations live in one flat buffer ``acts`` (block k at a_off[k], B * O_k values for
+# batches of at most B rows); gradients ping-pong between the flat buffers g1 and g2.
+# The same kernels as the layer-by-layer path run in the same order, so both paths give
+# the same numbers.
+
+@njit(inline="always", **SERIAL)
+def _view(flat, start, rows, cols):
+    return flat[start:start + rows * cols].reshape(rows, cols)
+
+
+@njit(**SERIAL)
+def _plan_forward(spec, a_off, params, xin, acts):
+    """Forward pass of one batch; returns the output block (rows, O_last)."""
+    rows = xin.shape[0]
+    inp = xin
+    empty = params[:0]
+    for k in range(spec.shape[0]):
+        has_lin, act, n_in, n_out, w_off, b_off = spec[k]
+        out = _view(acts, a_off[k], rows, n_out)
+        if has_lin:
+            linear_forward(out, inp, _view(params, w_off, n_in, n_out),
+                           params[b_off:b_off + n_out], act)
+        else:
+            bias_activation_forward(out, inp, empty, act)
+        inp = out
+    return inp
+
+
+@njit(**SERIAL)
+def plan_predict(spec, a_off, params, x, batch, acts, xb, out):
+    """out = model(x), batch rows at a time. x: (N, I); out: (N, O_last)."""
+    n, n_in = x.shape
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        xin = _view(xb, 0, hi - lo, n_in)
+        xin[:, :] = x[lo:hi]
+        out[lo:hi] = _plan_forward(spec, a_off, params, xin, acts)
+
+
+@njit(**SERIAL)
+def plan_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
+               s1, s2, hp, t, acts, g1, g2, xb, yb, losses):
+    """Train len(losses) epochs; losses[e] = mean batch loss of epoch e. Returns the number
+    of epochs run: training stops after the first epoch whose loss is NaN or Inf.
+
+    orders: (epochs, N) row order per epoch, or (0, 0) for the natural order. hp = (lr,
+    a, b, eps) of the optimizer (see optim_update); t = optimizer steps taken before.
+    loss_code SOFTMAX_CCE / SIGMOID_BCE mean the last block's activation is fused into the
+    loss: its backward is skipped.
+    """
+    n, n_in = x.shape
+    n_out = y.shape[1]
+    n_blocks = spec.shape[0]
+    fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
+    step_hp = np.empty(6)
+    step_hp[:4] = hp[:4]
+    for e in range(losses.shape[0]):
+        total = 0.0
+        n_batches = 0
+        for lo in range(0, n, batch):
+            hi = min(n, lo + batch)
+            rows = hi - lo
+            xin = _view(xb, 0, rows, n_in)
+            yin = _view(yb, 0, rows, n_out)
+            if orders.shape[0] == 0:
+                xin[:, :] = x[lo:hi]
+                yin[:, :] = y[lo:hi]
+            else:
+                for r in range(rows):
+                    src = orders[e, lo + r]
+                    xin[r, :] = x[src]
+                    yin[r, :] = y[src]
+            pred = _plan_forward(spec, a_off, params, xin, acts)
+            d = _view(g1, 0, rows, n_out)
+            total += loss_forward_backward(loss_code, d, pred, yin, eps)
+            n_batches += 1
+            # backward, last block to first; d = dL/d(output of block k)
+            use_g1 = True
+            for k in range(n_blocks - 1, -1, -1):
+                has_lin, act, k_in, k_out, w_off, b_off = spec[k]
+                if fused and k == n_blocks - 1:
+                    act = IDENTITY
+                out_k = _view(acts, a_off[k], rows, k_out)
+                nxt = _view(g2 if use_g1 else g1, 0, rows, k_in)
+                if has_lin:
+                    inp = xin if k == 0 else _view(acts, a_off[k - 1], rows, k_in)
+                    activation_backward_bias(d, grads[b_off:b_off + k_out], d, out_k, act)
+                    matmul_tn(_view(grads, w_off, k_in, k_out), inp, d)
+                    if k > 0:
+                        matmul_nt(nxt, d, _view(params, w_off, k_in, k_out))
+                elif k > 0:
+                    activation_backward(nxt, d, out_k, act)
+                d = nxt
+                use_g1 = not use_g1
+            t += 1.0
+            step_hp[4] = 1.0 - hp[1] ** t if opt_code == ADAM else 1.0
+            step_hp[5] = 1.0 - hp[2] ** t if opt_code == ADAM else 1.0
+            optim_update(opt_code, params, grads, s1, s2, step_hp)
+        losses[e] = total / n_batches
+        if not np.isfinite(losses[e]):
+            return e + 1
+    return losses.shape[0]
+
+
+from .cache import harden  # noqa: E402  (after every kernel above is defined)
+
+harden(globals())

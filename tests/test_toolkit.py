@@ -117,7 +117,7 @@ def test_predict_batches_and_evaluate():
     x, y = data.spirals(n_per_class=20, seed=3)
     net = layers.Model(_mlp(layers, 3, lambda m: m.Softmax(), 2))
     full = net.predict(x)
-    np.testing.assert_array_equal(net.predict(x, batch_size=7), full)
+    np.testing.assert_allclose(net.predict(x, batch_size=7), full, rtol=1e-12)
     ref = RLoss.CategoricalCrossentropy()(full, y)
     assert net.evaluate(x, y, loss.CategoricalCrossentropy()) == pytest.approx(ref, rel=1e-12)
 

@@ -1,0 +1,90 @@
+"""The compiled plan gives the layer-by-layer path's numbers (and so the reference's)."""
+import numpy as np
+import pytest
+
+from fastbp import data, layers, loss, optim
+from fastbp.reference import layers as R
+from fastbp.reference import loss as RLoss
+from fastbp.reference import optim as ROpt
+
+OPTIMS = {"SGD": dict(lr=0.005), "Momentum": dict(lr=0.002, beta=0.9),
+          "RMSProp": dict(lr=0.003), "Adam": dict(lr=0.01)}
+STACKS = {
+    "softmax_cce": (lambda m: [m.Linear(12), m.Relu(), m.Linear(7), m.Tanh(), m.Linear(3),
+                               m.Softmax()], "CategoricalCrossentropy", 3),
+    "sigmoid_bce": (lambda m: [m.Linear(9), m.Sigmoid(), m.Linear(1), m.Sigmoid()],
+                    "BinaryCrossentropy", 1),
+    "mse_stacked": (lambda m: [m.Linear(6), m.Linear(5), m.Relu(), m.Tanh(), m.Linear(3),
+                               m.Softmax()], "MSE", 3),
+    "cce_unfused": (lambda m: [m.Linear(8), m.Relu(), m.Linear(3), m.Sigmoid()],
+                    "CategoricalCrossentropy", 3),
+}
+
+
+def _layerwise(optimizer):
+    """The same optimizer as a subclass, which the plan does not take: layer by layer."""
+    return type("Layerwise" + type(optimizer).__name__, (type(optimizer),), {})(
+        **{k: getattr(optimizer, k) for k in ("lr",)})
+
+
+def _copy_hyper(src, dst):
+    for k, v in vars(src).items():
+        if isinstance(v, float):
+            setattr(dst, k, v)
+    return dst
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch_size", [None, 16, 50])
+@pytest.mark.parametrize("opt_name", list(OPTIMS))
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_plan_equals_layerwise_and_reference(stack, opt_name, batch_size, dtype):
+    make, loss_name, n_out = STACKS[stack]
+    x, y = data.spirals(n_per_class=40, seed=4)
+    y = y[:, :n_out]
+    runs = {}
+    for path in ("plan", "layerwise", "reference"):
+        np.random.seed(11)
+        mod = R if path == "reference" else layers
+        net = mod.Model(make(mod), dtype=dtype)
+        opt = getattr(ROpt if path == "reference" else optim, opt_name)(**OPTIMS[opt_name])
+        if path == "layerwise":
+            opt = _copy_hyper(opt, _layerwise(opt))
+        lossf = getattr(RLoss if path == "reference" else loss, loss_name)()
+        kw = {} if path == "reference" else {"verbose": False}
+        hist = net.train(x, y, opt, lossf, epochs=4, batch_size=batch_size, seed=3, **kw)
+        hist += net.train(x, y, opt, lossf, epochs=2, batch_size=batch_size, seed=5, **kw)
+        planned = getattr(net, "_plan", None) is not None
+        pred = net.predict(x) if path != "reference" else net(x)
+        runs[path] = (np.array(hist), pred, net, planned)
+    assert runs["plan"][3] and not runs["layerwise"][3]
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(runs["plan"][0], runs["layerwise"][0], rtol=rtol)
+    np.testing.assert_allclose(runs["plan"][1], runs["layerwise"][1], rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(runs["plan"][2].params, runs["layerwise"][2].params, rtol=rtol,
+                               atol=rtol)
+    ref_tol = 1e-9 if dtype == np.float64 else 2e-3
+    np.testing.assert_allclose(runs["plan"][0], runs["reference"][0], rtol=ref_tol)
+    np.testing.assert_allclose(runs["plan"][1], runs["reference"][1], rtol=ref_tol,
+                               atol=ref_tol)
+
+
+def test_plan_predict_equals_the_layer_forward():
+    x, _ = data.spirals(n_per_class=30, seed=1)
+    net = layers.Model(STACKS["softmax_cce"][0](layers))
+    np.testing.assert_allclose(net.predict(x), net(x), rtol=1e-12)
+    np.testing.assert_allclose(net.predict(x, batch_size=8), net(x), rtol=1e-12)
+
+
+def test_plan_stops_at_the_diverging_epoch():
+    """Both paths stop at the first epoch whose loss is not finite, and say which."""
+    x, y = data.spirals(n_per_class=20, seed=1)
+    messages = []
+    for opt in (optim.SGD(lr=1e8), _layerwise(optim.SGD(lr=1e8))):
+        np.random.seed(0)
+        net = layers.Model([layers.Linear(16), layers.Relu(), layers.Linear(3)])
+        with pytest.raises(FloatingPointError, match=r"at epoch (\d+) .*lr=100000000.0") as e:
+            net.train(x * 1e3, y, opt, loss.MSE(), epochs=200, verbose=False)
+        messages.append(str(e.value).split(" (optimizer")[0])
+    assert messages[0] == messages[1]
+    assert int(messages[0].rsplit(" ", 1)[1]) < 200
