@@ -100,6 +100,16 @@ def main(argv=None):
     p.add_argument("--plot", metavar="PATH", help="write a loss/accuracy curve PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=train)
+    p = sub.add_parser("bench", help="time the speed workloads against the competitors")
+    p.add_argument("workloads", nargs="*", help="subset of: xor digits medium large32 "
+                   "large64 softmax process (default: all)")
+    p.add_argument("--quick", action="store_true", help="3 rounds instead of 9")
+    p.add_argument("--rounds", type=int, help="interleaved rounds")
+    p.add_argument("--cold", action="store_true",
+                   help="also time `fastbp xor` with an empty Numba cache")
+    p.set_defaults(run=lambda a: __import__("fastbp.bench").bench.main(a))
+    p = sub.add_parser("warmup", help="compile every kernel now (kept in Numba's cache)")
+    p.set_defaults(run=lambda a: print(f"compiled in {__import__('fastbp').warmup():.1f} s"))
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,23 +1,42 @@
-"""Numba's on-disk cache, made safe for processes that compile at the same time.
+"""Numba's on-disk cache, keyed by content and safe for processes compiling at once.
 
-Numba numbers each function's cache data files 1, 2, ... in the order signatures are
-compiled. Two processes compiling different signatures of one kernel at the same moment
-(a multiprocessing pool, two test runs) can both pick number 1; the index written last
-then points one signature at the other's machine code, and the next process to load it
-crashes or computes garbage. Here each data file is named after its index key (the
-signature, the CPU, and a hash of the function's bytecode), and written before the index:
-two writers of one file write the same bytes, and a lost index update costs only a
-recompile.
+Numba's own scheme has two weak points that bit this project:
+
+* It numbers each function's data files 1, 2, ... in the order signatures get compiled.
+  Two processes compiling different signatures of one kernel at the same moment can both
+  pick number 1, and the index written last then points one signature at the other's
+  machine code: the next process to load it crashes (seen here) or computes garbage.
+* It trusts a cache whose source file has the same modification time and size, and it
+  does not notice a change in another file whose values are compiled in (config.py).
+
+Here the "source stamp" of every fastbp kernel is a SHA-256 of the kernel sources
+(nn.py and config.py), and each data file is named after a hash of (stamp, signature,
+CPU, bytecode). A cache entry is only ever read by code built from identical sources;
+two writers of one file write the same bytes; a lost index update costs a recompile.
 """
 import hashlib
+import os
 
 from numba.core.caching import IndexDataCacheFile
 from numba.core.registry import CPUDispatcher
 
+_SOURCES = ("nn.py", "config.py", "cache.py")
+
+
+def source_stamp():
+    """SHA-256 of the files whose content is compiled into the kernels."""
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in _SOURCES:
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    return ("sha256", digest.hexdigest())
+
 
 class KeyedCacheFile(IndexDataCacheFile):
     def save(self, key, data):
-        name = self._data_name(int(hashlib.sha256(repr(key).encode()).hexdigest()[:15], 16))
+        tag = repr((self._source_stamp, key)).encode()
+        name = self._data_name(int(hashlib.sha256(tag).hexdigest()[:15], 16))
         self._save_data(name, data)
         overloads = self._load_index()
         overloads[key] = name
@@ -25,9 +44,12 @@ class KeyedCacheFile(IndexDataCacheFile):
 
 
 def harden(namespace):
-    """Switch every cached dispatcher in ``namespace`` (a module's globals) to KeyedCacheFile."""
+    """Switch every cached dispatcher in ``namespace`` (a module's globals) to
+    KeyedCacheFile with a content stamp. Reads two small files; compiles nothing."""
+    stamp = source_stamp()
     for obj in list(namespace.values()):
         cache = getattr(obj, "_cache", None) if isinstance(obj, CPUDispatcher) else None
         cache_file = getattr(cache, "_cache_file", None)
         if type(cache_file) is IndexDataCacheFile:
             cache_file.__class__ = KeyedCacheFile
+            cache_file._source_stamp = stamp

@@ -4,25 +4,52 @@ Nothing here compiles anything. Importing this module picks the threading layer
 (see :func:`_choose_threading_layer`) and fixes the flags each kernel is built with.
 """
 import ctypes
+import functools
 import glob
 import os
 import sys
+import threading
+import types
 
 import numba
 
+
+def _numba_can_cache():
+    """Whether Numba finds a writable folder for the kernels' on-disk cache.
+
+    Numba tries ``NUMBA_CACHE_DIR``, then the ``__pycache__`` folder beside ``nn.py``,
+    then the user-wide cache folder. When none is writable (a read-only install, a
+    read-only home), it refuses to define a ``cache=True`` function at all, which would
+    make ``import fastbp`` fail; the kernels then compile in memory in each process.
+    """
+    def kernel_of_nn():
+        pass
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nn.py")
+    # A stand-in for a kernel of nn.py: Numba's locators read only its file and first line.
+    stand_in = types.FunctionType(kernel_of_nn.__code__.replace(co_filename=source), {})
+    try:
+        from numba.core.caching import FunctionCache
+        FunctionCache(stand_in)
+    except RuntimeError:   # "cannot cache function ...: no locator available"
+        return False
+    except Exception:      # Numba's internals moved: keep its own behaviour
+        return True
+    return True
+
+
 # Never assume "no NaN / no Inf": fastbp reports divergence instead of hiding it.
 FASTMATH = False
-CACHE = True
+CACHE = _numba_can_cache()
 
 SERIAL = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 PARALLEL = dict(SERIAL, parallel=True)
 
 # Below this many elements a serial loop beats a parallel launch on this 2-core machine.
-# Measured with `python -m fastbp.tools.breakeven` (see README, "Performance").
+# Measured with `python -m fastbp.breakeven` (see README, "Performance").
 PARALLEL_MIN_ELEMENTS = 65536
 
 # Matrix products with at most this many multiply-adds run as a plain loop; above it, a
-# BLAS call's fixed cost pays off. Measured with `python -m fastbp.tools.breakeven`.
+# BLAS call's fixed cost pays off. Measured with `python -m fastbp.breakeven`.
 SMALL_GEMM_FLOPS = 4096
 
 # Parallel row-wise kernels split the rows into chunks of this many rows, independent of
@@ -54,3 +81,23 @@ def _choose_threading_layer():
 
 
 THREADING_LAYER = _choose_threading_layer()
+
+# Numba's workqueue layer is not thread-safe: two Python threads inside parallel kernels
+# at once abort the process. Unless the chosen layer is known to be thread-safe (Numba's
+# "default" falls back to workqueue when neither TBB nor OpenMP loads), the kernel entry
+# points let one thread in at a time.
+THREAD_SAFE = THREADING_LAYER in ("tbb", "omp", "threadsafe", "safe")
+_KERNEL_LOCK = threading.Lock()
+
+
+def serialized(kernel):
+    """``kernel`` itself under a thread-safe threading layer; else a wrapper that holds a
+    process-wide lock while it runs."""
+    if THREAD_SAFE:
+        return kernel
+
+    @functools.wraps(kernel, updated=())
+    def one_thread_at_a_time(*args):
+        with _KERNEL_LOCK:
+            return kernel(*args)
+    return one_thread_at_a_time

@@ -357,20 +357,16 @@ def loss_forward_backward(code, dpred, pred, y, eps):
     """
     n = pred.shape[0]
     n_chunks = _chunks(n, ROWS_PER_CHUNK)
-    if n_chunks == 1:
-        total = _loss_rows(code, dpred, pred, y, eps, 0, n)
-        return total / pred.size if code == MSE else total
+    total = 0.0
     if pred.size >= PARALLEL_MIN_ELEMENTS:
         partial = np.empty(n_chunks)
         _loss_par(code, dpred, pred, y, eps, partial)
-    else:
-        partial = np.empty(n_chunks)
         for c in range(n_chunks):
-            partial[c] = _loss_rows(code, dpred, pred, y, eps, c * ROWS_PER_CHUNK,
-                                    min(n, (c + 1) * ROWS_PER_CHUNK))
-    total = 0.0
-    for c in range(n_chunks):
-        total += partial[c]
+            total += partial[c]
+    else:  # the same chunk sums, added in the same order, without a buffer
+        for c in range(n_chunks):
+            total += _loss_rows(code, dpred, pred, y, eps, c * ROWS_PER_CHUNK,
+                                min(n, (c + 1) * ROWS_PER_CHUNK))
     if code == MSE:
         return total / pred.size
     return total
@@ -494,12 +490,11 @@ def plan_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
         for lo in range(0, n, batch):
             hi = min(n, lo + batch)
             rows = hi - lo
-            xin = _view(xb, 0, rows, n_in)
-            yin = _view(yb, 0, rows, n_out)
             if orders.shape[0] == 0:
-                xin[:, :] = x[lo:hi]
-                yin[:, :] = y[lo:hi]
+                xin, yin = x[lo:hi], y[lo:hi]
             else:
+                xin = _view(xb, 0, rows, n_in)
+                yin = _view(yb, 0, rows, n_out)
                 for r in range(rows):
                     src = orders[e, lo + r]
                     xin[r, :] = x[src]

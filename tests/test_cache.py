@@ -4,7 +4,7 @@ from numba.core.caching import IndexDataCacheFile
 from numba.core.registry import CPUDispatcher
 
 from fastbp.kernels import nn
-from fastbp.kernels.cache import KeyedCacheFile
+from fastbp.kernels.cache import KeyedCacheFile, source_stamp
 
 
 def _race(cls, tmp_path):
@@ -32,3 +32,18 @@ def test_every_cached_kernel_uses_keyed_files():
               and hasattr(d._cache, "_cache_file")]
     assert len(cached) > 10
     assert all(type(d._cache._cache_file) is KeyedCacheFile for d in cached)
+
+
+def test_cache_entries_are_keyed_by_source_content(tmp_path):
+    """An entry written from other sources (an older fastbp) is never read."""
+    old = KeyedCacheFile(cache_path=str(tmp_path), filename_base="k",
+                         source_stamp=("sha256", "old sources"))
+    old.save("sig", b"old machine code")
+    new = KeyedCacheFile(cache_path=str(tmp_path), filename_base="k",
+                         source_stamp=source_stamp())
+    assert new.load("sig") is None            # stale index: recompile
+    new.save("sig", b"new machine code")
+    assert new.load("sig") == b"new machine code"
+    old.save("sig", b"old machine code")      # an old process still running writes late
+    assert new.load("sig") is None            # ... and is still not read
+    assert len(list(tmp_path.glob("k.*.nbc"))) == 2

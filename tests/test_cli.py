@@ -1,0 +1,53 @@
+"""The `fastbp` command: xor, train, bench; and fastbp.warmup()."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+import fastbp
+
+
+def _fastbp(tmp_path, *args):
+    out = subprocess.run([sys.executable, "-m", "fastbp.cli", *args], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_xor_command_trains_the_network(tmp_path):
+    out = _fastbp(tmp_path, "xor", "--quiet")
+    loss = float(re.search(r"final loss ([0-9.]+)", out).group(1))
+    assert loss < 0.005
+    preds = [int(m) for m in re.findall(r"-> [0-9.]+ \((\d)\)", out)]
+    assert preds == [1, 0, 0, 1]  # rows [0,1], [0,0], [1,1], [1,0]
+
+
+def test_train_command_saves_a_loadable_model(tmp_path):
+    out = _fastbp(tmp_path, "train", "spirals", "--epochs", "30", "--quiet", "--lr", "0.01",
+                  "--save", "m.npz")
+    acc = float(re.search(r"test accuracy ([0-9.]+)%", out).group(1))
+    assert acc > 60  # three spirals, 30 epochs: far above the 33% of guessing
+    model = fastbp.load(tmp_path / "m.npz")
+    assert model.dtype == np.float32 and model.layers[0].w.shape == (2, 64)
+    opt = fastbp.load_optimizer(tmp_path / "m.npz")
+    assert type(opt).__name__ == "Adam" and opt.t == 30 * 8  # 240 rows / batch 32
+
+
+def test_bench_prints_a_row_per_competitor(tmp_path):
+    out = _fastbp(tmp_path, "bench", "xor", "softmax", "--rounds", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "reference" in line]
+    assert len(rows) == 2
+    for row in rows:
+        ratio = float(row.rstrip(" |").rsplit("|", 1)[1])
+        assert ratio > 0
+
+
+def test_warmup_compiles_the_kernels(tmp_path):
+    code = ("import fastbp\nfrom fastbp.kernels import nn\n"
+            "assert nn.plan_train.signatures == []\n"
+            "fastbp.warmup()\n"
+            "print(len(nn.plan_train.signatures), len(nn.linear_forward.signatures))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, check=True, timeout=600).stdout.split()
+    assert int(out[0]) >= 2 and int(out[1]) >= 2  # float32 and float64
