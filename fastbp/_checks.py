@@ -1,4 +1,5 @@
 """Input checks shared by the public classes: clear, typed errors before any kernel runs."""
+import contextlib
 import numbers
 
 import numpy as np
@@ -16,11 +17,16 @@ def float_dtype(dtype, who):
 def as_batch(x, dtype, who, name="x", check_finite=True):
     """``x`` as a C-contiguous, writable (N, F) array of ``dtype`` with N >= 1.
 
-    Integer and boolean arrays are converted; complex, object and string arrays, wrong
-    ranks, empty batches and (when ``check_finite``) NaN or Inf are refused. The caller's
-    array is never modified: a read-only or non-contiguous input is copied.
+    Integer and boolean arrays are converted; complex, object and string arrays, ragged
+    lists, wrong ranks, empty batches and (when ``check_finite``) NaN, Inf and values too
+    large for ``dtype`` are refused. The caller's array is never modified: a read-only,
+    non-contiguous, Fortran-ordered or byte-swapped input is copied.
     """
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise ValueError(f"{who}: {name} is not a rectangular array of numbers ({err}); "
+                         f"pass a 2-D NumPy array") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{who}: {name} must hold real numbers (int, bool or float), got "
                         f"dtype {arr.dtype}; convert it, e.g. {name}.astype(np.float64)")
@@ -31,14 +37,20 @@ def as_batch(x, dtype, who, name="x", check_finite=True):
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{who}: {name} is empty (shape {arr.shape}); pass at least one row "
                          f"and one column")
-    arr = np.require(arr, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    if check_finite and not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{who}: {name} contains NaN or Inf (first at index {tuple(bad)}); "
+    quiet = np.errstate(over="ignore") if check_finite else contextlib.nullcontext()
+    with quiet:  # under check_finite, a value too large for dtype becomes inf: see below
+        out = np.require(arr, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+    if not out.flags.writeable:
+        out = out.copy()
+    if check_finite and not np.isfinite(out).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+        if np.isfinite(arr[bad]):
+            raise ValueError(f"{who}: {name}{list(bad)} = {float(arr[bad]):g} is too large "
+                             f"for {dtype} (max {np.finfo(dtype).max:.3g}); scale the data "
+                             f"or use float64")
+        raise ValueError(f"{who}: {name} contains NaN or Inf (first at index {bad}); "
                          f"clean or impute the data first")
-    return arr
+    return out
 
 
 def positive_number(value, who, name):

@@ -60,8 +60,11 @@ class _KernelActivation(Activation):
 
 
 def _input_dtype(x):
+    """float32 or float64, as x is (in any byte order); float64 for anything else."""
     dtype = getattr(x, "dtype", None)
-    return dtype if dtype in (np.float32, np.float64) else np.float64
+    if isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return np.dtype(f"f{dtype.itemsize}")
+    return np.dtype(np.float64)
 
 
 class Relu(_KernelActivation):
@@ -232,20 +235,20 @@ class Model:
         order (as the first forward would), and gather them into the flat buffers. With a
         custom layer in the stack, widths are unknown until it runs: the first forward
         builds the layers instead."""
-        if self.params is not None:
-            return
         width = n_features
         for layer in self.layers:
             if type(layer) is Linear:
                 if not layer.initialized:
                     layer.build(width, self.dtype)
                 elif layer.n_in != width:
-                    raise ValueError(f"Model: {layer!r} was built for {layer.n_in} input "
-                                     f"features but receives {width}")
+                    raise ValueError(f"{layer!r}: input has {width} features but this layer "
+                                     f"was built for {layer.n_in}; pass (N, {layer.n_in}) "
+                                     f"arrays or use a new Linear")
                 width = layer.units
             elif not isinstance(layer, _KernelActivation):
                 return
-        self._flatten()
+        if self.params is None:
+            self._flatten()
 
     def __call__(self, x):
         """Forward pass: x (N, I) -> (N, O). x is converted to the model's dtype."""

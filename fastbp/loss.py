@@ -4,7 +4,7 @@ import numpy as np
 
 from . import kernels as K
 from ._checks import as_batch
-from .layers import Sigmoid, Softmax
+from .layers import Sigmoid, Softmax, _input_dtype
 from .reference.loss import clip_eps
 
 __all__ = ["Loss", "MSE", "CategoricalCrossentropy", "BinaryCrossentropy"]
@@ -20,8 +20,7 @@ class Loss:
 
     def _prepare(self, pred, y):
         name = type(self).__name__
-        dtype = pred.dtype if getattr(pred, "dtype", None) in (np.float32, np.float64) \
-            else np.float64
+        dtype = _input_dtype(pred)
         pred = as_batch(pred, dtype, name, "pred", check_finite=False)
         y = as_batch(y, dtype, name, "y", check_finite=False)
         if y.shape != pred.shape:

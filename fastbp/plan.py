@@ -117,6 +117,12 @@ def epoch_runner(model, x, y, batch_size, optim, loss):
     plan = plan_for(model, batch_size) if _builtin_optimizer(optim) else None
     code = _loss_code(loss, model.layers[-1]) if plan is not None else None
     if plan is not None and code is not None:
+        n_out = int(plan.spec[-1, 3])
+        if y.shape[1] != n_out:  # the kernel does not check bounds: check here
+            raise ValueError(f"{type(loss).__name__}: y has shape {y.shape} but the "
+                             f"prediction has shape {(len(x), n_out)}; they must match "
+                             f"(one-hot encode class labels, reshape a 1-D target with "
+                             f"y.reshape(-1, 1))")
         return lambda orders: plan.train(x, y, orders, code, optim)
 
     def layerwise(orders):

@@ -62,6 +62,10 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
         if len(validation_data) != 2:
             raise ValueError("train: validation_data must be a pair (x_val, y_val)")
         x_val, y_val = _xy(model, *validation_data, "train (validation_data)")
+        if x_val.shape[1] != x.shape[1] or y_val.shape[1] != y.shape[1]:
+            raise ValueError(f"train: validation_data has shapes {x_val.shape} and "
+                             f"{y_val.shape}, but x has {x.shape[1]} columns and y has "
+                             f"{y.shape[1]}; they must match")
     rng = np.random.default_rng(seed)
     history = History()
     if validation_data is not None:

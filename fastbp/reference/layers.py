@@ -65,14 +65,22 @@ class Relu(Activation):
         return grad * (self.output > 0)
 
 
+# exp of a large negative number underflows to a tiny number or 0: the right result, as
+# in the kernels, so the reference computes it without a warning (or, under
+# np.errstate(all="raise"), an error).
+QUIET_UNDERFLOW = dict(under="ignore")
+
+
 class Sigmoid(Activation):
     def __call__(self, x):
-        e = np.exp(-np.abs(x))  # never overflows
-        self.output = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        with np.errstate(**QUIET_UNDERFLOW):
+            e = np.exp(-np.abs(x))  # never overflows
+            self.output = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
         return self.output
 
     def backward(self, grad):
-        return grad * (self.output * (1 - self.output))
+        with np.errstate(**QUIET_UNDERFLOW):
+            return grad * (self.output * (1 - self.output))
 
 
 class Tanh(Activation):
@@ -87,14 +95,16 @@ class Tanh(Activation):
 class Softmax(Activation):
     def __call__(self, x):
         # Fix: each row subtracts its own max (the original used one global max).
-        exps = np.exp(x - x.max(axis=1, keepdims=True))
-        self.output = exps / exps.sum(axis=1, keepdims=True)
+        with np.errstate(**QUIET_UNDERFLOW):
+            exps = np.exp(x - x.max(axis=1, keepdims=True))
+            self.output = exps / exps.sum(axis=1, keepdims=True)
         return self.output
 
     def backward(self, grad):
         # Fix: the closed form p * (g - sum(g * p)) instead of the N x n x n Jacobian.
         p = self.output
-        return p * (grad - (grad * p).sum(axis=1, keepdims=True))
+        with np.errstate(**QUIET_UNDERFLOW):
+            return p * (grad - (grad * p).sum(axis=1, keepdims=True))
 
 
 class Model:

@@ -31,13 +31,17 @@ class CategoricalCrossentropy:
 
 
 class BinaryCrossentropy:
-    """-sum(y log p + (1 - y) log(1 - p)) over batch and outputs; p clipped to [eps, 1-eps]."""
+    """-sum(y log p + (1 - y) log(1 - p)) over batch and outputs; p clipped to [eps, 1-eps].
+
+    Computed in float64 whatever the input dtype: in float32, 1 - eps (eps = 1e-7) would
+    round to 1 - 1.19e-7, and a p of exactly 1 would cost less than a p of exactly 0.
+    """
 
     def __call__(self, pred, y):
         eps = clip_eps(pred.dtype)
-        self.y = y
-        self.p = np.clip(pred, eps, 1 - eps)
-        return -np.sum(y * np.log(self.p) + (1 - y) * np.log1p(-self.p))
+        self.dtype, self.y = pred.dtype, np.asarray(y, np.float64)
+        self.p = np.clip(np.asarray(pred, np.float64), eps, 1 - eps)
+        return -np.sum(self.y * np.log(self.p) + (1 - self.y) * np.log1p(-self.p))
 
     def backward(self):
-        return (self.p - self.y) / (self.p * (1 - self.p))
+        return ((self.p - self.y) / (self.p * (1 - self.p))).astype(self.dtype)
