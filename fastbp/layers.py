@@ -50,6 +50,7 @@ class _KernelActivation(Activation):
         return self.output
 
     def backward(self, grad):
+        _require_forward(self, "output")
         grad = _grad_like(grad, self.output.shape, self.output.dtype, type(self).__name__)
         dz = np.empty_like(grad)
         K.activation_backward(dz, grad, self.output, self.code)
@@ -57,6 +58,12 @@ class _KernelActivation(Activation):
 
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+def _require_forward(obj, attribute):
+    if not hasattr(obj, attribute):
+        raise RuntimeError(f"{obj!r}.backward was called before any forward pass; call "
+                           f"it on data first (backward needs what the forward kept)")
 
 
 def _input_dtype(x):
@@ -165,6 +172,7 @@ class Linear(Layer):
 
     def backward(self, grad):
         """Sets w_gradient = x.T @ grad and b_gradient = grad.sum(0); returns grad @ w.T."""
+        _require_forward(self, "input")
         grad = _grad_like(grad, (self.input.shape[0], self.units), self.dtype,
                           f"Linear({self.units})")
         dx = np.empty_like(self.input)

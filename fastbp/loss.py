@@ -38,6 +38,9 @@ class Loss:
 
     def backward(self):
         """dL/dpred for the last call, shape (N, O)."""
+        if not hasattr(self, "grad"):
+            raise RuntimeError(f"{self!r}.backward was called before the loss was computed; "
+                               f"call loss(pred, y) first")
         return self.grad
 
     def fused_backward(self, last_layer):

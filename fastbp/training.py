@@ -53,6 +53,11 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     from .optim import SGD
     optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
     loss = _pick(loss, loss_fn, "loss", "loss_fn", MSE)
+    if not callable(optim):
+        raise TypeError(f"train: optim must be an optimizer object such as "
+                        f"optim.SGD(lr=0.1), got {optim!r}")
+    if not callable(loss) or not hasattr(loss, "backward"):
+        raise TypeError(f"train: loss must be a loss object such as loss.MSE(), got {loss!r}")
     epochs = positive_int(epochs, "train", "epochs")
     x, y = _xy(model, x, y, "train")
     n = len(x)

@@ -870,3 +870,18 @@ def test_two_thousand_steps_do_not_grow_resident_memory(tmp_path):
     assert set(growth) == {"Adam", "MySGD"}
     for name, kib in growth.items():
         assert int(kib) < 1024, growth
+
+
+def test_backward_before_forward_and_non_objects_give_clear_errors():
+    from fastbp import layers, loss, optim
+    for layer in (layers.Relu(), layers.Softmax(), layers.Linear(3)):
+        with pytest.raises(RuntimeError, match=r"backward was called before any forward"):
+            layer.backward(np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match=r"MSE\(\).backward was called before"):
+        loss.MSE().backward()
+    net = layers.Model([layers.Linear(1)])
+    x, y = np.ones((4, 2)), np.ones((4, 1))
+    with pytest.raises(TypeError, match=r"optim must be an optimizer object .* got 'sgd'"):
+        net.train(x, y, optim="sgd", verbose=False)
+    with pytest.raises(TypeError, match=r"loss must be a loss object .* got 'mse'"):
+        net.train(x, y, optim.SGD(), "mse", verbose=False)
