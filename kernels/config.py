@@ -45,12 +45,19 @@ SERIAL = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 PARALLEL = dict(SERIAL, parallel=True)
 
 # Below this many elements a serial loop beats a parallel launch on this 2-core machine.
-# Measured with `python -m fastbp.breakeven` (see README, "Performance").
-PARALLEL_MIN_ELEMENTS = 65536
+# `python -m fastbp.breakeven` (2026-11-26, 2 cores, width 256): bias+ReLU forward
+# serial/parallel time 0.60 at 16384 elements, 1.07 at 32768, 1.48 at 65536; softmax
+# 0.95 at 16384, 1.85 at 32768.
+PARALLEL_MIN_ELEMENTS = 32768
+# Column sums (bias gradients, fused with the activation derivative) parallel over blocks
+# of columns never beat the serial sweep in the same measurement (serial/parallel 0.46 to
+# 0.89 from 2048 to 1M elements): they stay serial.
+PARALLEL_COLUMN_SUMS = False
 
 # Matrix products with at most this many multiply-adds run as a plain loop; above it, a
-# BLAS call's fixed cost pays off. Measured with `python -m fastbp.breakeven`.
-SMALL_GEMM_FLOPS = 4096
+# BLAS call's fixed cost pays off. Same measurement, square products: loop/BLAS time 0.91
+# at 64 multiply-adds, 1.14 at 512, 1.93 at 1728.
+SMALL_GEMM_FLOPS = 256
 
 # Parallel row-wise kernels split the rows into chunks of this many rows, independent of
 # the thread count, so reductions add in the same order however the threads are scheduled.

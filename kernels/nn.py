@@ -17,8 +17,8 @@ would leave a stale cache behind.
 import numpy as np
 from numba import njit, prange
 
-from .config import (COLS_PER_BLOCK, PARALLEL, PARALLEL_MIN_ELEMENTS, ROWS_PER_CHUNK,
-                     SERIAL, SMALL_GEMM_FLOPS)
+from .config import (COLS_PER_BLOCK, PARALLEL, PARALLEL_COLUMN_SUMS, PARALLEL_MIN_ELEMENTS,
+                     ROWS_PER_CHUNK, SERIAL, SMALL_GEMM_FLOPS)
 
 # Activation codes (fastbp.layers maps classes to these).
 IDENTITY, RELU, SIGMOID, TANH, SOFTMAX = 0, 1, 2, 3, 4
@@ -252,7 +252,8 @@ def activation_backward_bias(dz, db, dout, out, act):
         activation_backward(dz, dout, out, act)
         act = IDENTITY
         dout = dz
-    if dz.size >= PARALLEL_MIN_ELEMENTS and dz.shape[1] > COLS_PER_BLOCK:
+    if PARALLEL_COLUMN_SUMS and dz.size >= PARALLEL_MIN_ELEMENTS \
+            and dz.shape[1] > COLS_PER_BLOCK:
         _backward_cols_par(dz, db, dout, out, act)
     else:
         _backward_cols(dz, db, dout, out, act, 0, dz.shape[1])
@@ -277,7 +278,8 @@ def _colsum_par(db, a):
 @njit(**SERIAL)
 def column_sum(db, a):
     """db = a.sum(0), adding rows in order. a: (N, O); db: (O,)."""
-    if a.size >= PARALLEL_MIN_ELEMENTS and a.shape[1] > COLS_PER_BLOCK:
+    if PARALLEL_COLUMN_SUMS and a.size >= PARALLEL_MIN_ELEMENTS \
+            and a.shape[1] > COLS_PER_BLOCK:
         _colsum_par(db, a)
     else:
         _colsum_cols(db, a, 0, a.shape[1])

@@ -149,7 +149,13 @@ def test_serial_and_parallel_variants_agree_bitwise(rng):
                               min(len(z), (c + 1) * 64)) for c in range(len(partial)))
     assert v_par == v_ser
     np.testing.assert_array_equal(g_par, g_ser)
+    # The column-parallel variants (used when config.PARALLEL_COLUMN_SUMS is on).
     db_par, db_ser = np.empty(200), np.empty(200)
-    K.column_sum(db_par, z)
+    nn._colsum_par(db_par, z)
     nn._colsum_cols(db_ser, z, 0, 200)
+    np.testing.assert_array_equal(db_par, db_ser)
+    dz_par, dz_ser = np.empty_like(z), np.empty_like(z)
+    nn._backward_cols_par(dz_par, db_par, z, p, K.TANH)
+    nn._backward_cols(dz_ser, db_ser, z, p, K.TANH, 0, 200)
+    np.testing.assert_array_equal(dz_par, dz_ser)
     np.testing.assert_array_equal(db_par, db_ser)
