@@ -1,0 +1,1 @@
+"""fastbp's asv suites: kernels, training, memory, coldstart (see asv.conf.json)."""
