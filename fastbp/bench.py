@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 WORKLOADS = {}
+PAUSE = 0.05  # seconds of idle time before each timed run
 
 
 def workload(name, label):
@@ -79,9 +80,12 @@ def _np_train(impl, sizes, acts, dtype, x, y, loss_name, lr, epochs, batch_size)
         L, Lo, O = R.layers, R.loss, R.optim
         kw = {}
 
-    def run():  # times the train call only, not building the model
+    def run():
+        # Untimed: build the model and train it one epoch (buffers allocated, pages
+        # touched); timed: the training call itself.
         net = _fastbp_mlp(L, sizes, acts, dtype)
         opt, loss = O.SGD(lr=lr), getattr(Lo, loss_name)()
+        net.train(x, y, opt, loss, epochs=1, batch_size=batch_size, shuffle=False, **kw)
         start = time.perf_counter()
         net.train(x, y, opt, loss, epochs=epochs, batch_size=batch_size, shuffle=False, **kw)
         return time.perf_counter() - start
@@ -99,7 +103,6 @@ def _torch_train(sizes, acts, dtype, x, y, loss_name, lr, epochs, batch_size):
     names = {"Relu": torch.nn.ReLU, "Sigmoid": torch.nn.Sigmoid, "Tanh": torch.nn.Tanh}
 
     def run():
-        start = time.perf_counter()
         mods = []
         for w, b, act in zip(ws, bs, acts):
             lin = torch.nn.Linear(*w.shape, dtype=tdt)
@@ -113,17 +116,22 @@ def _torch_train(sizes, acts, dtype, x, y, loss_name, lr, epochs, batch_size):
         opt = torch.optim.SGD(net.parameters(), lr=lr)
         n = len(X)
         step = n if batch_size is None else batch_size
-        for _ in range(epochs):
-            for i in range(0, n, step):
-                out = net(X[i:i + step])
-                if loss_name == "MSE":
-                    loss = ((out - Y[i:i + step]) ** 2).mean()
-                else:  # softmax + categorical cross-entropy, summed as fastbp's
-                    loss = torch.nn.functional.cross_entropy(out, Y[i:i + step],
-                                                             reduction="sum")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+
+        def train(epochs):
+            for _ in range(epochs):
+                for i in range(0, n, step):
+                    out = net(X[i:i + step])
+                    if loss_name == "MSE":
+                        loss = ((out - Y[i:i + step]) ** 2).mean()
+                    else:  # softmax + categorical cross-entropy, summed as fastbp's
+                        loss = torch.nn.functional.cross_entropy(out, Y[i:i + step],
+                                                                 reduction="sum")
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        train(1)  # untimed warm-up, as for fastbp
+        start = time.perf_counter()
+        train(epochs)
         return time.perf_counter() - start
     return run
 
@@ -326,9 +334,14 @@ def run(names, rounds, out=print):
         label, make = WORKLOADS[name]
         competitors, flops = make(rounds < 5)
         times = {impl: [] for impl in competitors}
-        for _ in range(rounds):
-            for impl, fn in competitors.items():
-                times[impl].append(_timed(fn))
+        order = list(competitors)
+        for r in range(rounds):
+            # Rotate who goes first, and pause between runs: thread pools (OpenBLAS, OpenMP,
+            # TBB, Eigen) spin for a while after their work and would otherwise slow down
+            # whichever competitor runs next.
+            for impl in order[r % len(order):] + order[:r % len(order)]:
+                time.sleep(PAUSE)
+                times[impl].append(_timed(competitors[impl]))
         fast = statistics.median(times["fastbp"])
         rows = []
         for impl, ts in times.items():
