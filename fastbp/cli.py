@@ -55,11 +55,13 @@ def train(args):
         io.save(net, args.save, opt)
         print(f"saved model and optimizer state to {args.save}")
     if args.plot:
-        _plot(history, args.plot)
+        _plot(history, args.plot, args.batch_size, len(x_test))
         print(f"wrote {args.plot}")
 
 
-def _plot(history, path):
+def _plot(history, path, batch_size, n_test):
+    """Loss per sample (cross-entropy sums over a batch: train batches and the test set
+    differ in size) and test accuracy, by epoch."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -68,9 +70,9 @@ def _plot(history, path):
         raise SystemExit('--plot needs matplotlib: pip install "fastbp[plot]"')
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = np.arange(1, len(history) + 1)
-    a.plot(epochs, history, label="train")
-    a.plot(epochs, history.history["val_loss"], label="test")
-    a.set(xlabel="epoch", ylabel="loss (sum over batch)", yscale="log")
+    a.plot(epochs, np.array(history) / batch_size, label="train")
+    a.plot(epochs, np.array(history.history["val_loss"]) / n_test, label="test")
+    a.set(xlabel="epoch", ylabel="cross-entropy per sample", yscale="log")
     a.legend()
     b.plot(epochs, 100 * np.array(history.history["val_accuracy"]))
     b.set(xlabel="epoch", ylabel="test accuracy (%)")

@@ -51,3 +51,19 @@ def test_warmup_compiles_the_kernels(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, check=True, timeout=600).stdout.split()
     assert int(out[0]) >= 2 and int(out[1]) >= 2  # float32 and float64
+
+
+def test_train_command_writes_the_loss_and_accuracy_plot(tmp_path):
+    out = _fastbp(tmp_path, "train", "spirals", "--epochs", "3", "--quiet", "--plot", "c.png")
+    assert "wrote c.png" in out
+    png = (tmp_path / "c.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000  # two panels drawn
+
+
+def test_digits_without_scikit_learn_says_how_to_install_it(tmp_path):
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "from fastbp import data\n"
+            "try:\n    data.digits()\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, check=True).stdout
+    assert 'pip install "fastbp[digits]"' in out
