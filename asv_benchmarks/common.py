@@ -108,28 +108,26 @@ def xor_run(impl):
                                      epochs=400)
 
 
+def _softmax_mlp_epoch(impl, net, rows, n_in, lr, batch_size):
+    """A float32 Softmax + CategoricalCrossentropy MLP, SGD, one epoch over ``rows`` rows
+    of ``n_in`` features."""
+    compile_training(impl, net, "float32", "CategoricalCrossentropy")
+    gen = rng()
+    x, y = uniform((rows, n_in), "float32", gen), one_hot(rows, net[-1][0], "float32", gen)
+    model = mlp(impl, net, "float32", gen)
+    model(x)
+    ns = api(impl)
+    return model, x, y, train_kwargs(impl, optim=ns.optim.SGD(lr=lr),
+                                     loss=ns.loss.CategoricalCrossentropy(), epochs=1,
+                                     batch_size=batch_size, seed=0)
+
+
 def digits_epoch(impl):
     """One epoch of a digits-sized MLP: 1797 rows x 64 features, 64-128-64-10,
     Softmax + CategoricalCrossentropy, SGD, batch 32, float32."""
-    compile_training(impl, DIGITS_NET, "float32", "CategoricalCrossentropy")
-    gen = rng()
-    x, y = uniform((1797, 64), "float32", gen), one_hot(1797, 10, "float32", gen)
-    model = mlp(impl, DIGITS_NET, "float32", gen)
-    model(x)
-    ns = api(impl)
-    return model, x, y, train_kwargs(impl, optim=ns.optim.SGD(lr=0.01),
-                                     loss=ns.loss.CategoricalCrossentropy(), epochs=1,
-                                     batch_size=32, seed=0)
+    return _softmax_mlp_epoch(impl, DIGITS_NET, 1797, 64, 0.01, 32)
 
 
 def large_step(impl):
     """One SGD step of a 784-2048-2048-10 MLP on a batch of 512 rows, float32."""
-    compile_training(impl, LARGE_NET, "float32", "CategoricalCrossentropy")
-    gen = rng()
-    x, y = uniform((512, 784), "float32", gen), one_hot(512, 10, "float32", gen)
-    model = mlp(impl, LARGE_NET, "float32", gen)
-    model(x)
-    ns = api(impl)
-    return model, x, y, train_kwargs(impl, optim=ns.optim.SGD(lr=0.001),
-                                     loss=ns.loss.CategoricalCrossentropy(), epochs=1,
-                                     batch_size=512)
+    return _softmax_mlp_epoch(impl, LARGE_NET, 512, 784, 0.001, 512)
