@@ -34,8 +34,7 @@ def _loss_code(loss, last_layer):
 
 def blocks(model):
     """The model as rows (has_linear, act, I, O, w_offset, b_offset), or None when a layer
-    is not built-in. Builds the model's weights first if needed (drawing them in layer
-    order, as the first forward would)."""
+    is not built-in or the model has no flat buffers yet (see Model.build)."""
     if not model.layers or not all(type(l) is Linear or type(l) in _ACT_CODES
                                    for l in model.layers):
         return None

@@ -78,11 +78,13 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     from .plan import epoch_runner
     run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
     shuffled = shuffle and batch_size < n
-    # Epochs run in chunks (one compiled call each when the plan applies). The progress
-    # bar and validation need Python between epochs; without them, chunks grow at once to
-    # what the row orders may occupy (at most ~8 MB of indices).
+    # Epochs run in chunks (one compiled call each when the plan applies), sized to take
+    # about `target` seconds: Python gets control back that often, for the progress bar
+    # and for Ctrl-C (compiled code cannot be interrupted). Validation needs every epoch;
+    # the row orders of a chunk take at most ~8 MB.
     most = max(1, min(epochs, 1_000_000 // n)) if shuffled else epochs
-    chunk = 1 if (verbose or validation_data is not None) else most
+    target = 0.1 if verbose else 1.0
+    chunk = 1
     with tqdm(total=epochs, disable=not verbose, unit="epoch", desc="train",
               dynamic_ncols=True) as bar:
         while len(history) < epochs:
@@ -106,8 +108,7 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
                 history.history["val_accuracy"].append(accuracy(pred, y_val))
                 postfix["val_loss"] = f"{val_loss:.4g}"
             else:
-                # aim for ~10 progress-bar updates a second
-                chunk = int(min(most, max(1, chunk * 0.1 / max(elapsed, 1e-6))))
+                chunk = int(min(most, max(1, chunk * target / max(elapsed, 1e-6))))
             bar.set_postfix(postfix, refresh=False)
             bar.update(len(values))
     return history
