@@ -1,0 +1,27 @@
+"""The README's Python examples run as written, and say what they print."""
+import pathlib
+import re
+import subprocess
+import sys
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def test_readme_examples_run_and_match_their_comments(tmp_path):
+    blocks = _python_blocks()
+    assert len(blocks) == 2
+    drop_in, toolkit = blocks
+    out = subprocess.run([sys.executable, "-c", drop_in], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, check=True).stdout
+    loss = float(out.split()[0])
+    assert loss < 0.002                         # "loss ~0.001"
+    preds = [float(v) for v in re.findall(r"[0-9.]+(?:e-?\d+)?", out.split(None, 1)[1])]
+    assert [round(p, 2) for p in preds] == [0.97, 0.04, 0.03, 0.97]
+    out = subprocess.run([sys.executable, "-c", toolkit], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, check=True).stdout
+    assert 0.95 <= float(out.strip()) <= 0.99   # "~0.97"
+    assert (tmp_path / "digits.npz").exists()
