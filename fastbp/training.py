@@ -1,4 +1,5 @@
 """The training loop behind Model.train / predict / evaluate."""
+import contextlib
 import math
 import time
 
@@ -47,6 +48,13 @@ def layerwise_epoch(model, x, y, order, batch_size, optim, loss):
     return float(np.mean(losses))
 
 
+class _NoBar:
+    """Stands in for the progress bar when verbose=False."""
+
+    def update(self, n):
+        pass
+
+
 def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
         verbose, loss_fn, optimizer):
     from .loss import MSE
@@ -71,13 +79,13 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
             raise ValueError(f"train: validation_data has shapes {x_val.shape} and "
                              f"{y_val.shape}, but x has {x.shape[1]} columns and y has "
                              f"{y.shape[1]}; they must match")
-    rng = np.random.default_rng(seed)
     history = History()
     if validation_data is not None:
         history.history.update(val_loss=[], val_accuracy=[])
     from .plan import epoch_runner
     run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
     shuffled = shuffle and batch_size < n
+    rng = np.random.default_rng(seed) if shuffled else None
     # Epochs run in chunks (one compiled call each when the plan applies), sized to take
     # about `target` seconds: Python gets control back that often, for the progress bar
     # and for Ctrl-C (compiled code cannot be interrupted). Validation needs every epoch;
@@ -85,8 +93,9 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     most = max(1, min(epochs, 1_000_000 // n)) if shuffled else epochs
     target = 0.1 if verbose else 1.0
     chunk = 1
-    with tqdm(total=epochs, disable=not verbose, unit="epoch", desc="train",
-              dynamic_ncols=True) as bar:
+    bar_context = tqdm(total=epochs, unit="epoch", desc="train", dynamic_ncols=True) \
+        if verbose else contextlib.nullcontext(_NoBar())
+    with bar_context as bar:
         while len(history) < epochs:
             count = min(chunk, epochs - len(history))
             orders = [rng.permutation(n) if shuffled else None for _ in range(count)]
@@ -100,16 +109,16 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
                         f"(optimizer {optim!r}); training diverged. Lower the learning "
                         f"rate, scale the inputs, or use float64")
                 history.append(value)
-            postfix = {"loss": f"{history[-1]:.4g}"}
+            postfix = {"loss": history[-1]}
             if validation_data is not None:
                 pred = predict(model, x_val, None)
-                val_loss = float(loss(pred, y_val))
-                history.history["val_loss"].append(val_loss)
+                postfix["val_loss"] = float(loss(pred, y_val))
+                history.history["val_loss"].append(postfix["val_loss"])
                 history.history["val_accuracy"].append(accuracy(pred, y_val))
-                postfix["val_loss"] = f"{val_loss:.4g}"
             else:
                 chunk = int(min(most, max(1, chunk * target / max(elapsed, 1e-6))))
-            bar.set_postfix(postfix, refresh=False)
+            if verbose:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
             bar.update(len(values))
     return history
 
