@@ -1,6 +1,9 @@
 """Every kernel against the NumPy reference, on awkward shapes and both dtypes."""
 import numpy as np
 import pytest
+from numba import njit
+
+from fastbp.kernels.nn import _exp, _sigmoid, _tanh
 
 from fastbp import kernels as K
 from fastbp.reference import layers as R
@@ -159,3 +162,32 @@ def test_serial_and_parallel_variants_agree_bitwise(rng):
     nn._backward_cols(dz_ser, db_ser, z, p, K.TANH, 0, 200)
     np.testing.assert_array_equal(dz_par, dz_ser)
     np.testing.assert_array_equal(db_par, db_ser)
+
+
+@njit
+def _apply(fn_code, out, z):
+    for i in range(z.size):
+        out[i] = _exp(z[i]) if fn_code == 0 else (_tanh(z[i]) if fn_code == 1
+                                                  else _sigmoid(z[i]))
+
+
+def test_vectorizable_exp_tanh_sigmoid_match_numpy_to_a_few_ulp(rng):
+    z = np.concatenate([rng.standard_normal(20000) * 30, rng.standard_normal(20000) * 1e-3,
+                        rng.uniform(-0.2, 0.2, 20000), rng.uniform(-745.2, 709.8, 20000),
+                        [0.0, -0.0, 1e-300, -1e-300, 5e-324, 0.17, -0.17, 709.78, 709.79,
+                         -745.13, -745.14, 1000.0, -1000.0, np.inf, -np.inf, np.nan]])
+    with np.errstate(all="ignore"):
+        expected = [np.exp(z), np.tanh(z), np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))),
+                                                    np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))]
+    for code, want in enumerate(expected):
+        got = np.empty_like(z)
+        _apply(code, got, z)
+        finite = np.isfinite(want) & (want != 0)
+        normal = finite & (np.abs(want) >= np.finfo(np.float64).tiny)
+        rel = np.abs(got[normal] - want[normal]) / np.abs(want[normal])
+        assert rel.max() <= 4 * np.finfo(np.float64).eps, (code, rel.max())
+        subnormal = finite & ~normal  # few significant bits: compare in absolute terms
+        assert np.abs(got[subnormal] - want[subnormal]).max(initial=0) <= 2 * 5e-324
+        special = ~finite
+        np.testing.assert_array_equal(got[special], want[special])
+        assert np.array_equal(np.signbit(got[special]), np.signbit(want[special]))
