@@ -15,7 +15,7 @@ def xor(args):
     history = net.train(x, y, optim=optim.SGD(lr=0.6), loss=loss.MSE(), epochs=args.epochs,
                         verbose=not args.quiet)
     print(f"final loss {history[-1]:.6f}")
-    for row, p in zip(x, net(x)[:, 0]):
+    for row, p in zip(x, net.predict(x)[:, 0]):
         print(f"{row[0]} xor {row[1]} -> {p:.4f} ({int(p > 0.5)})")
 
 
