@@ -189,10 +189,10 @@ def _restore_optimizer(optimizer, meta, arrays, path):
 
 def load_optimizer(path):
     """A new optimizer with the hyper-parameters and state saved in ``path``."""
-    meta, _ = _read(os.fspath(path))
+    meta, arrays = _read(os.fspath(path))
     saved = meta.get("optimizer")
     if saved is None:
         raise ModelFileError(f"{path} holds no optimizer state")
     opt = _OPTIMIZERS[saved["type"]](**saved["hyper"])
-    _restore_optimizer(opt, meta, _read(os.fspath(path))[1], path)
+    _restore_optimizer(opt, meta, arrays, path)
     return opt
