@@ -70,3 +70,30 @@ def positive_int(value, who, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{who}: {name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def input_dtype(x):
+    """float32 or float64, as x is (in any byte order); float64 for anything else."""
+    dtype = getattr(x, "dtype", None)
+    if isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return np.dtype(f"f{dtype.itemsize}")
+    return np.dtype(np.float64)
+
+
+def grad_like(grad, shape, dtype, who):
+    """The incoming gradient as a C-contiguous writable array of ``shape`` and ``dtype``."""
+    grad = np.asarray(grad)
+    if grad.shape != shape:
+        raise ValueError(f"{who}.backward: grad has shape {grad.shape} but the last forward "
+                         f"output had shape {shape}; pass dL/d(output) of that shape")
+    if grad.dtype.kind not in "biuf":
+        raise TypeError(f"{who}.backward: grad must be real numbers, got dtype {grad.dtype}")
+    grad = np.require(grad, dtype=dtype, requirements=["C_CONTIGUOUS"])
+    return grad.copy() if not grad.flags.writeable else grad
+
+
+def require_forward(obj, attribute):
+    """Refuse a backward call before the forward pass that keeps ``attribute``."""
+    if not hasattr(obj, attribute):
+        raise RuntimeError(f"{obj!r}.backward was called before any forward pass; call "
+                           f"it on data first (backward needs what the forward kept)")

@@ -80,6 +80,16 @@ def _plot(history, path, batch_size, n_test):
     fig.savefig(path, dpi=100)
 
 
+def bench(args):
+    from . import bench as _bench
+    return _bench.main(args)
+
+
+def warmup(args):
+    from ._warmup import warmup as _warmup
+    print(f"compiled in {_warmup():.1f} s")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastbp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,9 +119,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, help="interleaved rounds")
     p.add_argument("--cold", action="store_true",
                    help="also time `fastbp xor` with an empty Numba cache")
-    p.set_defaults(run=lambda a: __import__("fastbp.bench").bench.main(a))
+    p.set_defaults(run=bench)
     p = sub.add_parser("warmup", help="compile every kernel now (kept in Numba's cache)")
-    p.set_defaults(run=lambda a: print(f"compiled in {__import__('fastbp').warmup():.1f} s"))
+    p.set_defaults(run=warmup)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -12,8 +12,9 @@ import zipfile
 
 import numpy as np
 
-from . import layers as L
+from . import modules as L
 from . import optim as O
+from .model import Model
 
 FORMAT = "fastbp-model"
 VERSION = 1
@@ -160,7 +161,7 @@ def load(path, optimizer=None):
     except (KeyError, TypeError) as e:
         raise ModelFileError(f"{path}: malformed architecture ({type(e).__name__}: {e})") \
             from e
-    model = L.Model(stack, dtype=dtype)
+    model = Model(stack, dtype=dtype)
     model._flatten()
     if optimizer is not None:
         _restore_optimizer(optimizer, meta, arrays, path)

@@ -3,8 +3,7 @@
 import numpy as np
 
 from . import kernels as K
-from ._checks import as_batch
-from .layers import Sigmoid, Softmax, _input_dtype
+from ._checks import as_batch, input_dtype
 from .reference.loss import clip_eps
 
 __all__ = ["Loss", "MSE", "CategoricalCrossentropy", "BinaryCrossentropy"]
@@ -15,12 +14,10 @@ class Loss:
     keeps dL/dpred for ``backward()``."""
 
     code = None
-    fused_with = None   # the output activation whose pair gradient is p - y
-    fused_code = None
 
     def _prepare(self, pred, y):
         name = type(self).__name__
-        dtype = _input_dtype(pred)
+        dtype = input_dtype(pred)
         pred = as_batch(pred, dtype, name, "pred", check_finite=False)
         y = as_batch(y, dtype, name, "y", check_finite=False)
         if y.shape != pred.shape:
@@ -30,7 +27,7 @@ class Loss:
         return pred, y
 
     def __call__(self, pred, y):
-        self._given_pred = pred  # lets fused_backward check that pred came from the model
+        self._given_pred = pred  # lets fastbp.pairs check that pred came from the model
         self.pred, self.y = self._prepare(pred, y)
         self.grad = np.empty_like(self.pred)
         return float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y,
@@ -42,17 +39,6 @@ class Loss:
             raise RuntimeError(f"{self!r}.backward was called before the loss was computed; "
                                f"call loss(pred, y) first")
         return self.grad
-
-    def fused_backward(self, last_layer):
-        """dL/dlogits when ``last_layer`` is this loss's paired activation and produced the
-        last prediction; else None (the caller then uses ``backward``)."""
-        if self.fused_with is None or type(last_layer) is not self.fused_with \
-                or getattr(last_layer, "output", None) is not self._given_pred:
-            return None
-        grad = np.empty_like(self.pred)
-        K.loss_forward_backward(self.fused_code, grad, self.pred, self.y,
-                                clip_eps(self.pred.dtype))
-        return grad
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -74,14 +60,11 @@ class CategoricalCrossentropy(Loss):
     gradient -y / p of that sum. After a Softmax in a Model, the pair runs fused: the
     gradient w.r.t. the logits is p * sum(y) - y (= p - y for one-hot y)."""
     code = K.CCE
-    fused_with = Softmax
-    fused_code = K.SOFTMAX_CCE
 
 
 class BinaryCrossentropy(Loss):
     """loss = -sum(y log p + (1 - y) log(1 - p)), summed over the batch and the outputs;
     p clipped to [eps, 1 - eps]. ``backward`` is its true gradient (p - y) / (p (1 - p)).
-    After a Sigmoid in a Model, the pair runs fused with gradient p - y w.r.t. the logits."""
+    After a Sigmoid in a Model, the pair runs fused with gradient p - y w.r.t. the logits
+    (see fastbp.pairs)."""
     code = K.BCE
-    fused_with = Sigmoid
-    fused_code = K.SIGMOID_BCE

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import kernels as K
 from ._checks import positive_number, unit_interval
-from .layers import Layer, Linear, Model
+from .modules import Layer, Linear
 
 __all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam"]
 
@@ -25,7 +25,7 @@ class Optimizer:
         self.state = {}     # key -> list of n_slots arrays shaped like the parameter
 
     def __call__(self, model, loss):
-        if isinstance(model, Model):
+        if callable(getattr(model, "backward", None)):   # a fastbp Model (fused pairs)
             model.backward(loss)
         else:
             grad = loss.backward()
@@ -52,7 +52,7 @@ class Optimizer:
         self.t += 1
         hp = self.hyper()
         flat = getattr(model, "params", None)
-        if isinstance(model, Model) and flat is not None:
+        if flat is not None:
             self._update("flat", flat, model.grads, hp)
         for i, layer in enumerate(model.layers):
             if not isinstance(layer, Layer) or (flat is not None and isinstance(layer, Linear)):

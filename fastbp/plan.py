@@ -9,27 +9,22 @@ which calls the same kernels in the same order, so both give the same numbers.
 import numpy as np
 
 from . import kernels as K
-from .layers import Linear, Relu, Sigmoid, Softmax, Tanh
+from . import loss as L
+from . import optim as O
+from .modules import Linear, Relu, Sigmoid, Softmax, Tanh
+from .pairs import pair_code
 from .reference.loss import clip_eps
 
 _ACT_CODES = {Relu: K.RELU, Sigmoid: K.SIGMOID, Tanh: K.TANH, Softmax: K.SOFTMAX}
-
-
-def _builtin_optimizer(optim):
-    from . import optim as O
-    return type(optim) in (O.SGD, O.Momentum, O.RMSProp, O.Adam)
+_LOSS_CODES = {L.MSE: K.MSE, L.CategoricalCrossentropy: K.CCE, L.BinaryCrossentropy: K.BCE}
+_OPTIMIZERS = (O.SGD, O.Momentum, O.RMSProp, O.Adam)
 
 
 def _loss_code(loss, last_layer):
-    from . import loss as L
-    kind = type(loss)
-    if kind is L.MSE:
-        return K.MSE
-    if kind is L.CategoricalCrossentropy:
-        return K.SOFTMAX_CCE if type(last_layer) is Softmax else K.CCE
-    if kind is L.BinaryCrossentropy:
-        return K.SIGMOID_BCE if type(last_layer) is Sigmoid else K.BCE
-    return None
+    """The kernel code of a built-in loss after ``last_layer`` (a fused pair when it is
+    one), or None for any other loss."""
+    code = _LOSS_CODES.get(type(loss))
+    return None if code is None else (pair_code(loss, last_layer) or code)
 
 
 def blocks(model):
@@ -109,11 +104,26 @@ def plan_for(model, batch):
     return model._plan
 
 
+def layerwise_epoch(model, x, y, order, batch_size, optim, loss):
+    """One epoch, layer by layer (any layers, loss and optimizer); returns the mean loss."""
+    n = len(x)
+    losses = []
+    for start in range(0, n, batch_size):
+        if order is None:
+            xb, yb = (x, y) if batch_size >= n else (x[start:start + batch_size],
+                                                     y[start:start + batch_size])
+        else:
+            rows = order[start:start + batch_size]
+            xb, yb = x[rows], y[rows]
+        losses.append(loss(model._forward(xb), yb))
+        optim(model, loss)
+    return float(np.mean(losses))
+
+
 def epoch_runner(model, x, y, batch_size, optim, loss):
     """A function: list of row orders (one per epoch; None = natural) -> epoch losses."""
-    from .training import layerwise_epoch
     model.build(x.shape[1])
-    plan = plan_for(model, batch_size) if _builtin_optimizer(optim) else None
+    plan = plan_for(model, batch_size) if type(optim) in _OPTIMIZERS else None
     code = _loss_code(loss, model.layers[-1]) if plan is not None else None
     if plan is not None and code is not None:
         n_out = int(plan.spec[-1, 3])

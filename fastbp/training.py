@@ -1,4 +1,6 @@
-"""The training loop behind Model.train / predict / evaluate."""
+"""The training loop behind Model.train / predict / evaluate: epochs in chunks, the
+progress bar, validation, History. Works on any object with Model's attributes
+(``layers``, ``dtype``, ``build``, ``_forward``); ``fastbp.model`` sits above it."""
 import contextlib
 import math
 import time
@@ -7,7 +9,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._checks import as_batch, positive_int
-from .layers import History
+from .loss import MSE
+from .optim import SGD
+from .plan import epoch_runner, plan_for
+
+
+class History(list):
+    """Per-epoch training loss (a list, as the original returned), plus ``history``:
+    a dict with "loss" and, with validation data, "val_loss" and "val_accuracy"."""
+
+    def __init__(self):
+        super().__init__()
+        self.history = {"loss": self}
 
 
 def _pick(value, alias, name, alias_name, default):
@@ -32,22 +45,6 @@ def accuracy(pred, y):
     return float(np.mean(pred.argmax(1) == y.argmax(1)))
 
 
-def layerwise_epoch(model, x, y, order, batch_size, optim, loss):
-    """One epoch, layer by layer (any layers, loss and optimizer); returns the mean loss."""
-    n = len(x)
-    losses = []
-    for start in range(0, n, batch_size):
-        if order is None:
-            xb, yb = (x, y) if batch_size >= n else (x[start:start + batch_size],
-                                                     y[start:start + batch_size])
-        else:
-            rows = order[start:start + batch_size]
-            xb, yb = x[rows], y[rows]
-        losses.append(loss(model._forward(xb), yb))
-        optim(model, loss)
-    return float(np.mean(losses))
-
-
 class _NoBar:
     """Stands in for the progress bar when verbose=False."""
 
@@ -57,8 +54,6 @@ class _NoBar:
 
 def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
         verbose, loss_fn, optimizer):
-    from .loss import MSE
-    from .optim import SGD
     optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
     loss = _pick(loss, loss_fn, "loss", "loss_fn", MSE)
     if not callable(optim):
@@ -82,7 +77,6 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     history = History()
     if validation_data is not None:
         history.history.update(val_loss=[], val_accuracy=[])
-    from .plan import epoch_runner
     run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
     shuffled = shuffle and batch_size < n
     rng = np.random.default_rng(seed) if shuffled else None
@@ -124,7 +118,6 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
 
 
 def predict(model, x, batch_size=None):
-    from .plan import plan_for
     x = as_batch(x, model.dtype, "predict", "x")
     batch_size = len(x) if batch_size is None else positive_int(batch_size, "predict",
                                                                 "batch_size")
@@ -139,7 +132,6 @@ def predict(model, x, batch_size=None):
 
 
 def evaluate(model, x, y, loss=None):
-    from .loss import MSE
     x, y = _xy(model, x, y, "evaluate")
     loss = MSE() if loss is None else loss
     return float(loss(model._forward(x), y))

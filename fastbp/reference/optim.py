@@ -5,7 +5,7 @@ Layer's ``w`` and ``b`` in place.
 """
 import numpy as np
 
-from .layers import Layer
+from .modules import Layer
 
 
 class Optimizer:

@@ -1,0 +1,43 @@
+"""Reference Model: a stack of layers, trained by ``train``."""
+import numpy as np
+
+from .loss import MSE
+from .modules import Linear
+from .optim import SGD
+
+
+class Model:
+    """A stack of layers trained by ``train``; float64 unless ``dtype`` says otherwise."""
+
+    def __init__(self, layers, dtype=np.float64):
+        self.layers, self.dtype = layers, np.dtype(dtype)
+        for layer in layers:
+            if isinstance(layer, Linear):
+                layer.dtype = self.dtype
+
+    def __call__(self, x):
+        output = np.asarray(x, dtype=self.dtype)
+        for layer in self.layers:
+            output = layer(output)
+        return output
+
+    def train(self, x, y, optim=None, loss=None, epochs=10, batch_size=None,
+              shuffle=True, seed=None):
+        """Returns the per-epoch loss: the mean of the batch losses before each update."""
+        optim = SGD() if optim is None else optim
+        loss = MSE() if loss is None else loss
+        x = np.asarray(x, dtype=self.dtype)
+        y = np.asarray(y, dtype=self.dtype)
+        n = len(x)
+        batch_size = n if batch_size is None else min(batch_size, n)
+        rng = np.random.default_rng(seed)
+        history = []
+        for _ in range(epochs):
+            order = rng.permutation(n) if shuffle and batch_size < n else np.arange(n)
+            batch_losses = []
+            for start in range(0, n, batch_size):
+                rows = order[start:start + batch_size]
+                batch_losses.append(loss(self(x[rows]), y[rows]))
+                optim(self, loss)
+            history.append(float(np.mean(batch_losses)))
+        return history
