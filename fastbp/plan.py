@@ -84,6 +84,13 @@ class Plan:
         optim.t += done * (-(-len(x) // self.batch))
         return losses[:done].tolist()
 
+    def gradient(self, x, y, rows, loss_code):
+        """Gradients of the batch x[rows], y[rows] into ``model.grads``, no update;
+        returns the batch loss. rows: int64 indices, at most ``batch`` of them."""
+        return K.plan_gradient(self.spec, self.a_off, self.model.params, self.model.grads,
+                               x, y, rows, loss_code, clip_eps(self.model.dtype), self.acts,
+                               self.g1, self.g2, self.xb, self.yb)
+
     def predict(self, x):
         out = np.empty((len(x), int(self.spec[-1, 3])), self.model.dtype)
         K.plan_predict(self.spec, self.a_off, self.model.params, x, self.batch, self.acts,

@@ -8,12 +8,13 @@ from .nn import (ADAM, BCE, CCE, IDENTITY, MOMENTUM, MSE, RELU, RMSPROP, SGD, SI
                  SIGMOID_BCE, SOFTMAX, SOFTMAX_CCE, TANH, activation_backward,
                  activation_backward_bias, bias_activation_forward, column_sum, linear_backward,
                  linear_forward, loss_forward_backward, matmul, matmul_nt, matmul_tn,
-                 optim_update, plan_predict, plan_train)
+                 optim_update, plan_gradient, plan_predict,
+                 plan_train)
 
 ENTRY_POINTS = ("activation_backward", "activation_backward_bias", "bias_activation_forward",
                 "column_sum", "linear_backward", "linear_forward", "loss_forward_backward",
-                "matmul", "matmul_nt", "matmul_tn", "optim_update", "plan_predict",
-                "plan_train")
+                "matmul", "matmul_nt", "matmul_tn", "optim_update", "plan_gradient",
+                "plan_predict", "plan_train")
 
 
 def _start_threads_on_first_use(name, kernel):

@@ -120,13 +120,6 @@ def _derivative_span(dz, dout, out, i, j0, j1, act):
             dz[i, j] = dout[i, j]
 
 
-def _chunks(n, per):
-    return (n + per - 1) // per
-
-
-_chunks = njit(**SERIAL)(_chunks)
-
-
 # ---------------------------------------------------------------- matrix products
 # Large products go to BLAS (np.dot, through SciPy's BLAS); below SMALL_GEMM_FLOPS
 # multiply-adds a plain loop is faster than a BLAS call's fixed cost. Transposes are
@@ -537,6 +530,63 @@ def plan_predict(spec, a_off, params, x, batch, acts, xb, out):
 
 
 @njit(**SERIAL)
+def _batch_gradient(spec, a_off, params, grads, xin, yin, loss_code, eps, acts, g1, g2):
+    """Forward, loss and backward of one batch: fills ``grads``, returns the batch loss.
+
+    xin: (rows, I_0); yin: (rows, O_last). loss_code SOFTMAX_CCE / SIGMOID_BCE mean the
+    last block's activation is fused into the loss: its backward is skipped.
+    """
+    rows = xin.shape[0]
+    n_blocks = spec.shape[0]
+    fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
+    pred = _plan_forward(spec, a_off, params, xin, acts)
+    d = _view(g1, 0, rows, yin.shape[1])
+    loss = loss_forward_backward(loss_code, d, pred, yin, eps)
+    # backward, last block to first; d = dL/d(output of block k)
+    use_g1 = True
+    for k in range(n_blocks - 1, -1, -1):
+        has_lin, act, k_in, k_out, w_off, b_off = spec[k]
+        if fused and k == n_blocks - 1:
+            act = IDENTITY
+        out_k = _view(acts, a_off[k], rows, k_out)
+        nxt = _view(g2 if use_g1 else g1, 0, rows, k_in)
+        if has_lin:
+            inp = xin if k == 0 else _view(acts, a_off[k - 1], rows, k_in)
+            activation_backward_bias(d, grads[b_off:b_off + k_out], d, out_k, act)
+            matmul_tn(_view(grads, w_off, k_in, k_out), inp, d)
+            if k > 0:
+                matmul_nt(nxt, d, _view(params, w_off, k_in, k_out))
+        elif k > 0:
+            activation_backward(nxt, d, out_k, act)
+        d = nxt
+        use_g1 = not use_g1
+    return loss
+
+
+@njit(**SERIAL)
+def _gather_rows(xin, yin, x, y, order, lo):
+    """xin[r] = x[order[lo + r]], yin[r] = y[order[lo + r]] for every row r of xin."""
+    for r in range(xin.shape[0]):
+        src = order[lo + r]
+        xin[r, :] = x[src]
+        yin[r, :] = y[src]
+
+
+@njit(**SERIAL)
+def plan_gradient(spec, a_off, params, grads, x, y, rows, loss_code, eps, acts, g1, g2, xb,
+                  yb):
+    """Gradients of the loss of the batch x[rows], y[rows] into ``grads`` (no update);
+    returns the batch loss. rows: (B,) int64 row indices. Lets a caller combine the
+    gradients of several batches (data parallelism) before one optimizer update."""
+    n_rows = rows.shape[0]
+    xin = _view(xb, 0, n_rows, x.shape[1])
+    yin = _view(yb, 0, n_rows, y.shape[1])
+    _gather_rows(xin, yin, x, y, rows, 0)
+    return _batch_gradient(spec, a_off, params, grads, xin, yin, loss_code, eps, acts, g1,
+                           g2)
+
+
+@njit(**SERIAL)
 def plan_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
                s1, s2, hp, t, acts, g1, g2, xb, yb, losses):
     """Train len(losses) epochs; losses[e] = mean batch loss of epoch e. Returns the number
@@ -544,13 +594,9 @@ def plan_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
 
     orders: (epochs, N) row order per epoch, or (0, 0) for the natural order. hp = (lr,
     a, b, eps) of the optimizer (see optim_update); t = optimizer steps taken before.
-    loss_code SOFTMAX_CCE / SIGMOID_BCE mean the last block's activation is fused into the
-    loss: its backward is skipped.
     """
     n, n_in = x.shape
     n_out = y.shape[1]
-    n_blocks = spec.shape[0]
-    fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
     step_hp = np.empty(6)
     step_hp[:4] = hp[:4]
     for e in range(losses.shape[0]):
@@ -564,32 +610,10 @@ def plan_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
             else:
                 xin = _view(xb, 0, rows, n_in)
                 yin = _view(yb, 0, rows, n_out)
-                for r in range(rows):
-                    src = orders[e, lo + r]
-                    xin[r, :] = x[src]
-                    yin[r, :] = y[src]
-            pred = _plan_forward(spec, a_off, params, xin, acts)
-            d = _view(g1, 0, rows, n_out)
-            total += loss_forward_backward(loss_code, d, pred, yin, eps)
+                _gather_rows(xin, yin, x, y, orders[e], lo)
+            total += _batch_gradient(spec, a_off, params, grads, xin, yin, loss_code, eps,
+                                     acts, g1, g2)
             n_batches += 1
-            # backward, last block to first; d = dL/d(output of block k)
-            use_g1 = True
-            for k in range(n_blocks - 1, -1, -1):
-                has_lin, act, k_in, k_out, w_off, b_off = spec[k]
-                if fused and k == n_blocks - 1:
-                    act = IDENTITY
-                out_k = _view(acts, a_off[k], rows, k_out)
-                nxt = _view(g2 if use_g1 else g1, 0, rows, k_in)
-                if has_lin:
-                    inp = xin if k == 0 else _view(acts, a_off[k - 1], rows, k_in)
-                    activation_backward_bias(d, grads[b_off:b_off + k_out], d, out_k, act)
-                    matmul_tn(_view(grads, w_off, k_in, k_out), inp, d)
-                    if k > 0:
-                        matmul_nt(nxt, d, _view(params, w_off, k_in, k_out))
-                elif k > 0:
-                    activation_backward(nxt, d, out_k, act)
-                d = nxt
-                use_g1 = not use_g1
             t += 1.0
             step_hp[4] = 1.0 - hp[1] ** t if opt_code == ADAM else 1.0
             step_hp[5] = 1.0 - hp[2] ** t if opt_code == ADAM else 1.0
