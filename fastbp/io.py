@@ -20,8 +20,7 @@ FORMAT = "fastbp-model"
 VERSION = 1
 _ACTIVATIONS = {cls.__name__: cls for cls in (L.Relu, L.Sigmoid, L.Tanh, L.Softmax)}
 _OPTIMIZERS = {cls.__name__: cls for cls in (O.SGD, O.Momentum, O.RMSProp, O.Adam)}
-_HYPER = {"SGD": ("lr",), "Momentum": ("lr", "beta"), "RMSProp": ("lr", "alpha", "eps"),
-          "Adam": ("lr", "beta1", "beta2", "eps")}
+_HYPER = {name: cls.hyper_names for name, cls in _OPTIMIZERS.items()}
 
 
 class ModelFileError(ValueError):

@@ -15,6 +15,16 @@ from .modules import Layer, Linear
 __all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam"]
 
 
+def spelled(who, value, default, alias_value, name, alias):
+    """One hyper-parameter that the later scripts of the from-scratch series spell
+    ``alias`` (``beta``, ``epsilon``): either spelling, never both, else ``default``."""
+    if value is not None and alias_value is not None:
+        raise TypeError(f"{who}: pass either {name}= or {alias}= (the same parameter), "
+                        f"not both")
+    value = value if value is not None else alias_value
+    return default if value is None else value
+
+
 class Optimizer:
     code = None
     n_slots = 0  # state arrays per parameter
@@ -76,8 +86,11 @@ class Optimizer:
         self.t = int(d["t"])
         self.state = {k: [np.array(a) for a in v] for k, v in d["state"].items()}
 
+    hyper_names = ("lr",)   # constructor arguments, as fastbp spells them
+
     def __repr__(self):
-        return f"{type(self).__name__}(lr={self.lr})"
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hyper_names)
+        return f"{type(self).__name__}({args})"
 
 
 class SGD(Optimizer):
@@ -94,6 +107,7 @@ class SGD(Optimizer):
 class Momentum(Optimizer):
     """v = beta * v + lr * g; p -= v."""
     code, n_slots = K.MOMENTUM, 1
+    hyper_names = ("lr", "beta")
 
     def __init__(self, lr=0.01, beta=0.9):
         super().__init__(lr)
@@ -104,11 +118,18 @@ class Momentum(Optimizer):
 
 
 class RMSProp(Optimizer):
-    """As torch.optim.RMSprop: v = alpha v + (1 - alpha) g^2; p -= lr g / (sqrt(v) + eps)."""
-    code, n_slots = K.RMSPROP, 1
+    """As torch.optim.RMSprop: v = alpha v + (1 - alpha) g^2; p -= lr g / (sqrt(v) + eps).
 
-    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8):
+    ``beta=`` and ``epsilon=`` (the from-scratch series' names) are accepted for ``alpha``
+    and ``eps``; the series' own update divides by sqrt(v + epsilon) with decay 0.9.
+    """
+    code, n_slots = K.RMSPROP, 1
+    hyper_names = ("lr", "alpha", "eps")
+
+    def __init__(self, lr=0.01, alpha=None, eps=None, *, beta=None, epsilon=None):
         super().__init__(lr)
+        alpha = spelled("RMSProp", alpha, 0.99, beta, "alpha", "beta")
+        eps = spelled("RMSProp", eps, 1e-8, epsilon, "eps", "epsilon")
         self.alpha = unit_interval(alpha, "RMSProp", "alpha")
         self.eps = positive_number(eps, "RMSProp", "eps")
 
@@ -118,11 +139,14 @@ class RMSProp(Optimizer):
 
 class Adam(Optimizer):
     """As torch.optim.Adam: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
-    p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), t = 1 on the first step."""
+    p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), t = 1 on the first step.
+    ``epsilon=`` (the from-scratch series' name) is accepted for ``eps``."""
     code, n_slots = K.ADAM, 2
+    hyper_names = ("lr", "beta1", "beta2", "eps")
 
-    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=None, *, epsilon=None):
         super().__init__(lr)
+        eps = spelled("Adam", eps, 1e-8, epsilon, "eps", "epsilon")
         self.beta1 = unit_interval(beta1, "Adam", "beta1")
         self.beta2 = unit_interval(beta2, "Adam", "beta2")
         self.eps = positive_number(eps, "Adam", "eps")

@@ -13,14 +13,18 @@ def _python_blocks():
 
 def test_readme_examples_run_and_match_their_comments(tmp_path):
     blocks = _python_blocks()
-    assert len(blocks) == 2
-    drop_in, toolkit = blocks
+    assert len(blocks) == 3
+    drop_in, series, toolkit = blocks
     out = subprocess.run([sys.executable, "-c", drop_in], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300, check=True).stdout
     loss = float(out.split()[0])
     assert loss < 0.002                         # "loss ~0.001"
     preds = [float(v) for v in re.findall(r"[0-9.]+(?:e-?\d+)?", out.split(None, 1)[1])]
     assert [round(p, 2) for p in preds] == [0.97, 0.04, 0.03, 0.97]
+    out = subprocess.run([sys.executable, "-c", series], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, check=True).stdout
+    assert out.split()[-4:] == ["[0", "1", "1", "0]"]    # "[0 1 1 0]"
+    assert (tmp_path / "model").exists()
     out = subprocess.run([sys.executable, "-c", toolkit], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300, check=True).stdout
     assert 0.95 <= float(out.strip()) <= 0.99   # "~0.97"

@@ -49,12 +49,22 @@ class Momentum(Optimizer):
         p -= v
 
 
-class RMSProp(Optimizer):
-    """torch.optim.RMSprop: v = alpha v + (1 - alpha) g^2; p -= lr g / (sqrt(v) + eps)."""
+def _either(value, alias, default):
+    """A parameter given under fastbp's name or the series' alias (never both)."""
+    if value is not None and alias is not None:
+        raise TypeError("pass a parameter under one name only")
+    value = value if value is not None else alias
+    return default if value is None else value
 
-    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8):
+
+class RMSProp(Optimizer):
+    """torch.optim.RMSprop: v = alpha v + (1 - alpha) g^2; p -= lr g / (sqrt(v) + eps).
+    ``beta`` and ``epsilon`` are the from-scratch series' names of ``alpha`` and ``eps``."""
+
+    def __init__(self, lr=0.01, alpha=None, eps=None, *, beta=None, epsilon=None):
         super().__init__(lr)
-        self.alpha, self.eps = alpha, eps
+        self.alpha = _either(alpha, beta, 0.99)
+        self.eps = _either(eps, epsilon, 1e-8)
 
     def update(self, p, g, state):
         v = state.setdefault("v", np.zeros_like(p))
@@ -65,9 +75,9 @@ class RMSProp(Optimizer):
 class Adam(Optimizer):
     """torch.optim.Adam, bias-corrected by the step count t (1 on the first step)."""
 
-    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=None, *, epsilon=None):
         super().__init__(lr)
-        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.beta1, self.beta2, self.eps = beta1, beta2, _either(eps, epsilon, 1e-8)
         self.t = 0
 
     def begin_step(self):
