@@ -38,11 +38,11 @@ def parallel_table(widths=(256,), rows=(8, 32, 64, 128, 256, 512, 1024, 4096)):
             out, b, db = np.empty_like(z), rng.standard_normal(w), np.empty(w)
             cases = [
                 (lambda: nn._forward_rows(out, z, b, nn.RELU, 0, n),
-                 lambda: nn._forward_par(out, z, b, nn.RELU)),
+                 lambda: nn.bias_activation_forward_par(out, z, b, nn.RELU)),
                 (lambda: nn._backward_cols(out, db, z, z, nn.RELU, 0, w),
                  lambda: nn._backward_cols_par(out, db, z, z, nn.RELU)),
                 (lambda: nn._forward_rows(out, z, b, nn.SOFTMAX, 0, n),
-                 lambda: nn._forward_par(out, z, b, nn.SOFTMAX)),
+                 lambda: nn.bias_activation_forward_par(out, z, b, nn.SOFTMAX)),
             ]
             for a, p in cases:
                 a()

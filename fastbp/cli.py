@@ -87,7 +87,10 @@ def bench(args):
 
 def warmup(args):
     from ._warmup import warmup as _warmup
-    print(f"compiled in {_warmup():.1f} s")
+    if args.report:
+        print(_warmup(report=True))
+    else:
+        print(f"compiled in {_warmup():.1f} s")
 
 
 def main(argv=None):
@@ -121,6 +124,8 @@ def main(argv=None):
                    help="also time `fastbp xor` with an empty Numba cache")
     p.set_defaults(run=bench)
     p = sub.add_parser("warmup", help="compile every kernel now (kept in Numba's cache)")
+    p.add_argument("--report", action="store_true",
+                   help="print each kernel and signature with its compile or load seconds")
     p.set_defaults(run=warmup)
     args = parser.parse_args(argv)
     return args.run(args)

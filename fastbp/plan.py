@@ -52,8 +52,14 @@ def blocks(model):
 
 
 class Plan:
-    """Preallocated buffers for batches of at most ``batch`` rows, and the two compiled
-    entry points (train epochs, predict)."""
+    """Preallocated buffers for batches of at most ``batch`` rows, and the compiled entry
+    points (train epochs, one batch's gradient, predict).
+
+    Models with fewer than ``K.PARALLEL_MIN_ELEMENTS`` parameters train whole epochs in one
+    compiled call. Larger ones run one compiled call per step (``plan_gradient``) and the
+    optimizer update from Python, where it goes parallel: a step then takes milliseconds,
+    so the call costs nothing measurable, and Ctrl-C is never more than a step away.
+    """
 
     def __init__(self, model, spec, batch):
         self.model, self.spec, self.batch = model, spec, batch
@@ -65,10 +71,22 @@ class Plan:
         self.g1, self.g2 = np.empty(batch * widest, dtype), np.empty(batch * widest, dtype)
         self.xb = np.empty(batch * int(spec[0, 2]), dtype)
         self.yb = np.empty(batch * int(spec[-1, 3]), dtype)
+        # Every product at most SMALL_GEMM_FLOPS multiply-adds: the tiny-net kernels.
+        self.tiny = bool((batch * spec[:, 2] * spec[:, 3] * spec[:, 0]).max()
+                         <= K.SMALL_GEMM_FLOPS)
+        self._no_output = np.empty((0, int(spec[-1, 3])), dtype)
+
+    @property
+    def by_steps(self):
+        return self.model.params.shape[0] >= K.PARALLEL_MIN_ELEMENTS
 
     def train(self, x, y, orders, loss_code, optim):
         """Run one epoch per entry of ``orders`` (None = natural order); returns the epoch
         losses, stopping after the first that is NaN or Inf."""
+        if self.by_steps:
+            return self._train_by_steps(x, y, orders, loss_code, optim)
+        if self.tiny:
+            return self._tiny(x, y, orders, loss_code, optim, self._no_output)
         model = self.model
         if orders[0] is None:
             order_arr = np.empty((0, 0), np.int64)
@@ -84,6 +102,53 @@ class Plan:
         optim.t += done * (-(-len(x) // self.batch))
         return losses[:done].tolist()
 
+    def _tiny(self, x, y, orders, loss_code, optim, out):
+        """Train one epoch per entry of ``orders``, then predict x into ``out``, through
+        the tiny-net kernel (the same numbers as plan_train / plan_predict)."""
+        model, batch, n_out = self.model, self.batch, int(self.spec[-1, 3])
+        if not orders or orders[0] is None:
+            order_arr = np.empty((1, 0), np.int64)
+        else:
+            order_arr = np.stack(orders).astype(np.int64, copy=False)
+        losses = np.empty(len(orders))
+        if optim is None:    # predict only: no step is taken, state arrays are not read
+            code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], np.zeros(6), 0.0
+        else:
+            slots = optim._slots("flat", model.params)
+            code, s1, s2, hp, t = (optim.code, slots[0], slots[-1], optim.hyper(),
+                                   float(optim.t))
+        last = int(self.a_off[-1])
+        done = K.tiny_train(self.spec, self.a_off, model.params, model.grads, x, y,
+                            order_arr, batch, loss_code, clip_eps(model.dtype), code, s1, s2,
+                            hp, t, self.acts, self.g1, self.g2,
+                            self.acts[last:last + batch * n_out].reshape(batch, n_out),
+                            self.g1[:batch * n_out].reshape(batch, n_out),
+                            self.yb.reshape(batch, n_out), losses, out)
+        if optim is not None:
+            optim.t += done * (-(-len(x) // batch))
+        return losses[:done].tolist()
+
+    def _train_by_steps(self, x, y, orders, loss_code, optim):
+        """As ``train``, one compiled call per step: the same kernels in the same order
+        as plan_train, so the same numbers."""
+        model, n = self.model, len(x)
+        slots = optim._slots("flat", model.params)
+        natural = np.arange(n, dtype=np.int64)
+        losses = []
+        for order in orders:
+            order = natural if order is None else order.astype(np.int64, copy=False)
+            total, n_batches = 0.0, 0
+            for lo in range(0, n, self.batch):
+                total += self.gradient(x, y, order[lo:lo + self.batch], loss_code)
+                n_batches += 1
+                optim.t += 1
+                K.optim_update(optim.code, model.params, model.grads, slots[0], slots[-1],
+                               optim.hyper())
+            losses.append(total / n_batches)
+            if not np.isfinite(losses[-1]):
+                break
+        return losses
+
     def gradient(self, x, y, rows, loss_code):
         """Gradients of the batch x[rows], y[rows] into ``model.grads``, no update;
         returns the batch loss. rows: int64 indices, at most ``batch`` of them."""
@@ -93,6 +158,9 @@ class Plan:
 
     def predict(self, x):
         out = np.empty((len(x), int(self.spec[-1, 3])), self.model.dtype)
+        if self.tiny:
+            self._tiny(x, np.empty((0, out.shape[1]), x.dtype), [], K.MSE, None, out)
+            return out
         K.plan_predict(self.spec, self.a_off, self.model.params, x, self.batch, self.acts,
                        self.xb, out)
         return out

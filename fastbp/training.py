@@ -3,12 +3,14 @@ progress bar, validation, History. Works on any object with Model's attributes
 (``layers``, ``dtype``, ``build``, ``_forward``); ``fastbp.model`` sits above it."""
 import contextlib
 import math
+import sys
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ._checks import as_batch, positive_int
+from .compile_log import compile_notice
 from .loss import MSE
 from .optim import SGD
 from .plan import epoch_runner, plan_for
@@ -89,7 +91,9 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     chunk = 1
     bar_context = tqdm(total=epochs, unit="epoch", desc="train", dynamic_ncols=True) \
         if verbose else contextlib.nullcontext(_NoBar())
-    with bar_context as bar:
+    # A first run compiles the kernels: say so (above the bar) instead of a silent epoch.
+    notice = compile_notice(verbose, write=lambda text: tqdm.write(text, file=sys.stderr))
+    with bar_context as bar, notice:
         while len(history) < epochs:
             count = min(chunk, epochs - len(history))
             orders = [rng.permutation(n) if shuffled else None for _ in range(count)]

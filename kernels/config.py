@@ -52,7 +52,6 @@ PARALLEL_MIN_ELEMENTS = 32768
 # Column sums (bias gradients, fused with the activation derivative) parallel over blocks
 # of columns never beat the serial sweep in the same measurement (serial/parallel 0.46 to
 # 0.89 from 2048 to 1M elements): they stay serial.
-PARALLEL_COLUMN_SUMS = False
 
 # Matrix products with at most this many multiply-adds run as a plain loop; above it, a
 # BLAS call's fixed cost pays off. Same measurement, square products: loop/BLAS time 0.91

@@ -4,11 +4,17 @@ Dimension letters: N = batch rows, I = input features, O = output features.
 
 Every kernel writes into caller-given arrays, allocates nothing per element, validates
 nothing (the objects in ``fastbp`` do) and returns at most a scalar loss. Each row-wise op
-has three levels: a serial body over a range (``_*_rows`` / ``_*_cols`` / ``_*_range``), a
-parallel driver that runs the body over fixed-size chunks (``_*_par``), and the public
-kernel that picks one by size. Chunks are a fixed number of rows, never "one per thread",
-so every reduction adds in the same order on one thread or many: results are bitwise
-reproducible and the serial and parallel variants agree exactly.
+has three levels: a serial body over a range (``_*_rows`` / ``_*_cols`` / ``_*_range``),
+a serial kernel (``bias_activation_forward``, ...) and a parallel one (``*_par``) that
+runs the body over fixed-size chunks. Chunks are a fixed number of rows, never "one per
+thread", so every reduction adds in the same order on one thread or many: results are
+bitwise reproducible and the serial and parallel variants agree exactly.
+
+No serial kernel can reach a parallel one: ``fastbp.kernels`` picks the variant by size
+in Python, so a run on small arrays never compiles a ``parallel=True`` kernel (their
+compilation is the slowest part of Numba's pipeline) and never starts the thread pool.
+The compiled plan is serial throughout; for large models it runs one step per call and
+the optimizer update goes parallel from Python.
 
 All kernels and the helpers they call live in this one module: Numba's ``cache=True``
 keys a cached function by its own source file only, so a helper edited in another file
@@ -20,8 +26,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .config import (COLS_PER_BLOCK, PARALLEL, PARALLEL_COLUMN_SUMS, PARALLEL_MIN_ELEMENTS,
-                     ROWS_PER_CHUNK, SERIAL, SMALL_GEMM_FLOPS)
+from .config import COLS_PER_BLOCK, PARALLEL, ROWS_PER_CHUNK, SERIAL, SMALL_GEMM_FLOPS
 
 # Activation codes (fastbp.layers maps classes to these).
 IDENTITY, RELU, SIGMOID, TANH, SOFTMAX = 0, 1, 2, 3, 4
@@ -213,7 +218,8 @@ def _forward_rows(out, z, b, act, lo, hi):
 
 
 @njit(**PARALLEL)
-def _forward_par(out, z, b, act):
+def bias_activation_forward_par(out, z, b, act):
+    """bias_activation_forward over chunks of rows in parallel (same bits)."""
     n = out.shape[0]
     for c in prange(_chunks(n, ROWS_PER_CHUNK)):
         _forward_rows(out, z, b, act, c * ROWS_PER_CHUNK, min(n, (c + 1) * ROWS_PER_CHUNK))
@@ -225,10 +231,7 @@ def bias_activation_forward(out, z, b, act):
 
     out, z: (N, O); b: (O,) or (0,).
     """
-    if out.size >= PARALLEL_MIN_ELEMENTS:
-        _forward_par(out, z, b, act)
-    else:
-        _forward_rows(out, z, b, act, 0, out.shape[0])
+    _forward_rows(out, z, b, act, 0, out.shape[0])
 
 
 @njit(**SERIAL)
@@ -238,7 +241,7 @@ def linear_forward(out, x, w, b, act):
     out: (N, O); x: (N, I); w: (I, O); b: (O,).
     """
     matmul(out, x, w)
-    bias_activation_forward(out, out, b, act)
+    _forward_rows(out, out, b, act, 0, out.shape[0])
 
 
 # ---------------------------------------------------------------- activation backward
@@ -260,7 +263,8 @@ def _backward_rows(dz, dout, out, act, lo, hi):
 
 
 @njit(**PARALLEL)
-def _backward_par(dz, dout, out, act):
+def activation_backward_par(dz, dout, out, act):
+    """activation_backward over chunks of rows in parallel (same bits)."""
     n = out.shape[0]
     for c in prange(_chunks(n, ROWS_PER_CHUNK)):
         _backward_rows(dz, dout, out, act, c * ROWS_PER_CHUNK, min(n, (c + 1) * ROWS_PER_CHUNK))
@@ -272,10 +276,7 @@ def activation_backward(dz, dout, out, act):
 
     dz, dout, out: (N, O). ``dz`` may be ``dout``.
     """
-    if out.size >= PARALLEL_MIN_ELEMENTS:
-        _backward_par(dz, dout, out, act)
-    else:
-        _backward_rows(dz, dout, out, act, 0, out.shape[0])
+    _backward_rows(dz, dout, out, act, 0, out.shape[0])
 
 
 @njit(**SERIAL)
@@ -296,6 +297,8 @@ def _backward_cols(dz, db, dout, out, act, j0, j1):
 @njit(**PARALLEL)
 def _backward_cols_par(dz, db, dout, out, act):
     # Parallel over blocks of output features: no two threads ever write the same db[j].
+    # Measured slower than the serial sweep at every size (python -m fastbp.breakeven),
+    # so no kernel calls it; kept for that measurement.
     n_out = dz.shape[1]
     for c in prange(_chunks(n_out, COLS_PER_BLOCK)):
         _backward_cols(dz, db, dout, out, act, c * COLS_PER_BLOCK,
@@ -308,15 +311,13 @@ def activation_backward_bias(dz, db, dout, out, act):
 
     dz, dout, out: (N, O); db: (O,). ``dz`` may be ``dout``.
     """
+    # Column sums stay serial: parallel over blocks of columns never won
+    # (python -m fastbp.breakeven, kernels/config.py).
     if act == SOFTMAX:
-        activation_backward(dz, dout, out, act)
+        _backward_rows(dz, dout, out, act, 0, out.shape[0])
         act = IDENTITY
         dout = dz
-    if PARALLEL_COLUMN_SUMS and dz.size >= PARALLEL_MIN_ELEMENTS \
-            and dz.shape[1] > COLS_PER_BLOCK:
-        _backward_cols_par(dz, db, dout, out, act)
-    else:
-        _backward_cols(dz, db, dout, out, act, 0, dz.shape[1])
+    _backward_cols(dz, db, dout, out, act, 0, dz.shape[1])
 
 
 @njit(**SERIAL)
@@ -330,6 +331,7 @@ def _colsum_cols(db, a, j0, j1):
 
 @njit(**PARALLEL)
 def _colsum_par(db, a):
+    # As _backward_cols_par: measured slower than the serial sum, kept for breakeven.
     n_out = a.shape[1]
     for c in prange(_chunks(n_out, COLS_PER_BLOCK)):
         _colsum_cols(db, a, c * COLS_PER_BLOCK, min(n_out, (c + 1) * COLS_PER_BLOCK))
@@ -338,11 +340,7 @@ def _colsum_par(db, a):
 @njit(**SERIAL)
 def column_sum(db, a):
     """db = a.sum(0), adding rows in order. a: (N, O); db: (O,)."""
-    if PARALLEL_COLUMN_SUMS and a.size >= PARALLEL_MIN_ELEMENTS \
-            and a.shape[1] > COLS_PER_BLOCK:
-        _colsum_par(db, a)
-    else:
-        _colsum_cols(db, a, 0, a.shape[1])
+    _colsum_cols(db, a, 0, a.shape[1])
 
 
 @njit(**SERIAL)
@@ -400,12 +398,24 @@ def _loss_rows(code, dpred, pred, y, eps, lo, hi):
     return total
 
 
+@njit(**SERIAL)
+def _loss_value(code, total, size):
+    """The loss from the sum of the chunk sums: MSE is a mean over all elements."""
+    return total / size if code == MSE else total
+
+
 @njit(**PARALLEL)
-def _loss_par(code, dpred, pred, y, eps, partial):
+def loss_forward_backward_par(code, dpred, pred, y, eps):
+    """loss_forward_backward with the chunks in parallel, added in the same order."""
     n = pred.shape[0]
+    partial = np.empty(_chunks(n, ROWS_PER_CHUNK))
     for c in prange(partial.shape[0]):
         partial[c] = _loss_rows(code, dpred, pred, y, eps, c * ROWS_PER_CHUNK,
                                 min(n, (c + 1) * ROWS_PER_CHUNK))
+    total = 0.0
+    for c in range(partial.shape[0]):
+        total += partial[c]
+    return _loss_value(code, total, pred.size)
 
 
 @njit(**SERIAL)
@@ -415,23 +425,15 @@ def loss_forward_backward(code, dpred, pred, y, eps):
     MSE: mean(e**2) with e = pred - y, gradient 2 e / O (the original convention).
     CCE / BCE / fused pairs: sums over the batch and the outputs (no mean); p is clipped
     to [eps, 1] (CCE) or [eps, 1 - eps] (BCE) inside the logarithms.
-    dpred, pred, y: (N, O).
+    dpred, pred, y: (N, O). Rows are summed in chunks of ROWS_PER_CHUNK, then the chunk
+    sums in order, as the parallel variant does.
     """
     n = pred.shape[0]
-    n_chunks = _chunks(n, ROWS_PER_CHUNK)
     total = 0.0
-    if pred.size >= PARALLEL_MIN_ELEMENTS:
-        partial = np.empty(n_chunks)
-        _loss_par(code, dpred, pred, y, eps, partial)
-        for c in range(n_chunks):
-            total += partial[c]
-    else:  # the same chunk sums, added in the same order, without a buffer
-        for c in range(n_chunks):
-            total += _loss_rows(code, dpred, pred, y, eps, c * ROWS_PER_CHUNK,
-                                min(n, (c + 1) * ROWS_PER_CHUNK))
-    if code == MSE:
-        return total / pred.size
-    return total
+    for c in range(_chunks(n, ROWS_PER_CHUNK)):
+        total += _loss_rows(code, dpred, pred, y, eps, c * ROWS_PER_CHUNK,
+                            min(n, (c + 1) * ROWS_PER_CHUNK))
+    return _loss_value(code, total, pred.size)
 
 
 # ---------------------------------------------------------------- optimizers
@@ -462,7 +464,8 @@ def _update_range(code, p, g, s1, s2, hp, lo, hi):
 
 
 @njit(**PARALLEL)
-def _update_par(code, p, g, s1, s2, hp):
+def optim_update_par(code, p, g, s1, s2, hp):
+    """optim_update over chunks of the buffer in parallel (same bits)."""
     n = p.shape[0]
     per = ROWS_PER_CHUNK * 256
     for c in prange(_chunks(n, per)):
@@ -480,10 +483,7 @@ def optim_update(code, p, g, s1, s2, hp):
               p -= lr (s1 / c1) / (sqrt(s2 / c2) + eps), c1 = 1 - a^t, c2 = 1 - b^t
     hp = (lr, a, b, eps, c1, c2), float64. p, g, s1, s2: 1-D, same length.
     """
-    if p.shape[0] >= PARALLEL_MIN_ELEMENTS:
-        _update_par(code, p, g, s1, s2, hp)
-    else:
-        _update_range(code, p, g, s1, s2, hp, 0, p.shape[0])
+    _update_range(code, p, g, s1, s2, hp, 0, p.shape[0])
 
 
 # ---------------------------------------------------------------- compiled training plan
@@ -494,6 +494,27 @@ def optim_update(code, p, g, s1, s2, hp):
 # batches of at most B rows); gradients ping-pong between the flat buffers g1 and g2.
 # The same kernels as the layer-by-layer path run in the same order, so both paths give
 # the same numbers.
+
+# Array-to-slice assignments (a[lo:hi] = b) are avoided in the kernels: Numba's version
+# formats shape-mismatch messages, which pulls Numba's string library into each kernel's
+# compilation (seconds of a first run). Plain loops compile in a fraction of that.
+
+@njit(**SERIAL)
+def _copy_rows(dst, src, lo):
+    """dst[r] = src[lo + r] for every row r of dst."""
+    for r in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[r, j] = src[lo + r, j]
+
+
+@njit(**SERIAL)
+def _step_hyper(hp):
+    """A copy of the optimizer's hp = (lr, a, b, eps, c1, c2) for per-step bias terms."""
+    out = np.empty(6)
+    for i in range(6):
+        out[i] = hp[i] if i < hp.shape[0] else 1.0
+    return out
+
 
 @njit(inline="always", **SERIAL)
 def _view(flat, start, rows, cols):
@@ -510,10 +531,10 @@ def _plan_forward(spec, a_off, params, xin, acts):
         has_lin, act, n_in, n_out, w_off, b_off = spec[k]
         out = _view(acts, a_off[k], rows, n_out)
         if has_lin:
-            linear_forward(out, inp, _view(params, w_off, n_in, n_out),
-                           params[b_off:b_off + n_out], act)
+            matmul(out, inp, _view(params, w_off, n_in, n_out))
+            _forward_rows(out, out, params[b_off:b_off + n_out], act, 0, rows)
         else:
-            bias_activation_forward(out, inp, empty, act)
+            _forward_rows(out, inp, empty, act, 0, rows)
         inp = out
     return inp
 
@@ -525,8 +546,11 @@ def plan_predict(spec, a_off, params, x, batch, acts, xb, out):
     for lo in range(0, n, batch):
         hi = min(n, lo + batch)
         xin = _view(xb, 0, hi - lo, n_in)
-        xin[:, :] = x[lo:hi]
-        out[lo:hi] = _plan_forward(spec, a_off, params, xin, acts)
+        _copy_rows(xin, x, lo)
+        pred = _plan_forward(spec, a_off, params, xin, acts)
+        for r in range(hi - lo):
+            for j in range(out.shape[1]):
+                out[lo + r, j] = pred[r, j]
 
 
 @njit(**SERIAL)
@@ -557,7 +581,7 @@ def _batch_gradient(spec, a_off, params, grads, xin, yin, loss_code, eps, acts, 
             if k > 0:
                 matmul_nt(nxt, d, _view(params, w_off, k_in, k_out))
         elif k > 0:
-            activation_backward(nxt, d, out_k, act)
+            _backward_rows(nxt, d, out_k, act, 0, rows)
         d = nxt
         use_g1 = not use_g1
     return loss
@@ -568,8 +592,10 @@ def _gather_rows(xin, yin, x, y, order, lo):
     """xin[r] = x[order[lo + r]], yin[r] = y[order[lo + r]] for every row r of xin."""
     for r in range(xin.shape[0]):
         src = order[lo + r]
-        xin[r, :] = x[src]
-        yin[r, :] = y[src]
+        for j in range(xin.shape[1]):
+            xin[r, j] = x[src, j]
+        for j in range(yin.shape[1]):
+            yin[r, j] = y[src, j]
 
 
 @njit(**SERIAL)
@@ -597,8 +623,7 @@ def plan_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
     """
     n, n_in = x.shape
     n_out = y.shape[1]
-    step_hp = np.empty(6)
-    step_hp[:4] = hp[:4]
+    step_hp = _step_hyper(hp)
     for e in range(losses.shape[0]):
         total = 0.0
         n_batches = 0
@@ -621,6 +646,172 @@ def plan_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
         losses[e] = total / n_batches
         if not np.isfinite(losses[e]):
             return e + 1
+    return losses.shape[0]
+
+
+# ---------------------------------------------------------------- tiny-net plan
+# For networks whose every product has at most SMALL_GEMM_FLOPS multiply-adds per batch
+# (XOR-sized), whole epochs run in three small functions over the flat buffers, with no
+# per-layer array structures: nothing is sliced or reshaped per step, and they compile in
+# a fraction of the general plan's time. Every value comes from the same arithmetic, in
+# the same order, as the layer kernels at these sizes (the loop products of matmul*,
+# _forward_rows, _backward_rows / _backward_cols, _loss_rows, _update_range), so the tiny
+# plan, the general plan and the layer-by-layer path give the same bits. Row r of block
+# k's output is acts[a_off[k] + r * O_k ...]; gradients ping-pong between g1 and g2.
+
+@njit(**SERIAL)
+def _tiny_forward(spec, a_off, params, x, order, lo, rows, acts):
+    """Forward pass of rows order[lo:lo + rows] of x (rows lo.. when order is empty)."""
+    for k in range(spec.shape[0]):
+        has_lin, act, k_in, k_out, w_off, b_off = spec[k]
+        for r in range(rows):
+            src = lo + r if order.shape[0] == 0 else order[lo + r]
+            row = a_off[k] + r * k_out
+            for j in range(k_out):
+                if has_lin:
+                    s = 0.0
+                    for i in range(k_in):
+                        xi = x[src, i] if k == 0 else acts[a_off[k - 1] + r * k_in + i]
+                        s += xi * params[w_off + i * k_out + j]
+                    acts[row + j] = s
+                    acts[row + j] = acts[row + j] + params[b_off + j]
+                else:
+                    acts[row + j] = x[src, j] if k == 0 else acts[a_off[k - 1] + r * k_in + j]
+            if act == RELU:
+                for j in range(row, row + k_out):
+                    if acts[j] < 0:
+                        acts[j] = 0.0
+            elif act != IDENTITY:
+                _tiny_exp_activation(acts, row, k_out, act)
+
+
+@njit(**SERIAL)
+def _tiny_exp_activation(acts, row, n, act):
+    """Sigmoid, tanh or softmax of acts[row:row + n], as _sigmoid / _tanh / the softmax of
+    _forward_rows compute them, with one call site of _exp (a small function compiles
+    faster, and tiny rows gain nothing from separate vectorizable loops)."""
+    m = acts[row]
+    for j in range(row + 1, row + n):
+        if acts[j] > m:
+            m = acts[j]
+    s = 0.0
+    for j in range(row, row + n):
+        v = acts[j]
+        a = abs(v)
+        arg = v - m if act == SOFTMAX else (-a if act == SIGMOID else -2.0 * a)
+        e = _exp(arg)
+        if act == SOFTMAX:
+            acts[j] = e
+            s += acts[j]
+        elif act == SIGMOID:
+            acts[j] = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+        else:
+            mm = _expm1_poly(-2.0 * min(a, 0.17))
+            t = -mm / (2.0 + mm) if a < 0.17 else (1.0 - e) / (1.0 + e)
+            acts[j] = v if v != v else math.copysign(t, v)
+    if act == SOFTMAX:
+        for j in range(row, row + n):
+            acts[j] = acts[j] / s
+
+
+@njit(**SERIAL)
+def _tiny_backward(spec, a_off, params, grads, x, order, lo, rows, acts, d, nxt, fused):
+    """Backward pass of the batch from d = dL/d(output) (rows x O_last in ``d``): fills
+    ``grads``; ``d`` and ``nxt`` are scratch, overwritten."""
+    n_blocks = spec.shape[0]
+    for k in range(n_blocks - 1, -1, -1):
+        has_lin, act, k_in, k_out, w_off, b_off = spec[k]
+        if fused and k == n_blocks - 1:
+            act = IDENTITY
+        o = a_off[k]
+        if act == SOFTMAX:   # closed form p * (g - <g, p>), row by row, in place
+            for r in range(rows):
+                s = 0.0
+                for j in range(r * k_out, (r + 1) * k_out):
+                    s += d[j] * acts[o + j]
+                for j in range(r * k_out, (r + 1) * k_out):
+                    d[j] = acts[o + j] * (d[j] - s)
+            act = IDENTITY
+        for j in range(rows * k_out):   # elementwise derivatives, in place
+            if act == RELU:
+                d[j] = d[j] if acts[o + j] > 0 else 0.0 * d[j]
+            elif act == SIGMOID:
+                d[j] = d[j] * (acts[o + j] * (1.0 - acts[o + j]))
+            elif act == TANH:
+                d[j] = d[j] * (1.0 - acts[o + j] * acts[o + j])
+        if not has_lin:
+            for j in range(rows * k_out):
+                nxt[j] = d[j]
+        else:
+            for j in range(k_out):
+                grads[b_off + j] = 0.0
+            for r in range(rows):
+                for j in range(k_out):
+                    grads[b_off + j] += d[r * k_out + j]
+            for i in range(k_in):
+                for j in range(k_out):
+                    s = 0.0
+                    for r in range(rows):
+                        src = lo + r if order.shape[0] == 0 else order[lo + r]
+                        xi = x[src, i] if k == 0 else acts[a_off[k - 1] + r * k_in + i]
+                        s += xi * d[r * k_out + j]
+                    grads[w_off + i * k_out + j] = s
+            if k > 0:
+                for r in range(rows):
+                    for i in range(k_in):
+                        s = 0.0
+                        for j in range(k_out):
+                            s += d[r * k_out + j] * params[w_off + i * k_out + j]
+                        nxt[r * k_in + i] = s
+        d, nxt = nxt, d
+
+
+@njit(**SERIAL)
+def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
+               s1, s2, hp, t, acts, g1, g2, pred, dpred, yb, losses, out):
+    """plan_train and plan_predict for tiny networks (see above), in one function so that
+    a first run compiles one kernel. Trains len(losses) epochs (the natural order is
+    orders of shape (1, 0)), then, when ``out`` has rows, writes model(x) into it.
+    pred, dpred, yb: (batch, O_last) views of the last block's output in ``acts``, of
+    ``g1``, and a buffer for the batch's targets. Returns the number of epochs run."""
+    n = x.shape[0]
+    n_out = pred.shape[1]
+    fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
+    step_hp = _step_hyper(hp)
+    for e in range(losses.shape[0]):
+        order = orders[min(e, orders.shape[0] - 1)]   # (1, 0) orders: natural order
+        total = 0.0
+        n_batches = 0
+        for lo in range(0, n, batch):
+            rows = min(n, lo + batch) - lo
+            _tiny_forward(spec, a_off, params, x, order, lo, rows, acts)
+            for r in range(rows):
+                src = lo + r if order.shape[0] == 0 else order[lo + r]
+                for j in range(n_out):
+                    yb[r, j] = y[src, j]
+            value = 0.0
+            for c in range(_chunks(rows, ROWS_PER_CHUNK)):
+                value += _loss_rows(loss_code, dpred, pred, yb, eps, c * ROWS_PER_CHUNK,
+                                    min(rows, (c + 1) * ROWS_PER_CHUNK))
+            total += _loss_value(loss_code, value, rows * n_out)
+            n_batches += 1
+            _tiny_backward(spec, a_off, params, grads, x, order, lo, rows, acts, g1, g2,
+                           fused)
+            t += 1.0
+            step_hp[4] = 1.0 - hp[1] ** t if opt_code == ADAM else 1.0
+            step_hp[5] = 1.0 - hp[2] ** t if opt_code == ADAM else 1.0
+            _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
+        losses[e] = total / n_batches
+        if not np.isfinite(losses[e]):
+            return e + 1
+    last = a_off[spec.shape[0] - 1]
+    no_order = orders[0, :0]
+    for lo in range(0, out.shape[0], batch):
+        rows = min(out.shape[0], lo + batch) - lo
+        _tiny_forward(spec, a_off, params, x, no_order, lo, rows, acts)
+        for r in range(rows):
+            for j in range(n_out):
+                out[lo + r, j] = acts[last + r * n_out + j]
     return losses.shape[0]
 
 

@@ -20,7 +20,7 @@ STACK = [
     ["fastbp.reference.optim"],
     ["fastbp.reference.model"],
     ["fastbp.reference.layers", "fastbp.reference"],
-    ["fastbp._checks"],
+    ["fastbp._checks", "fastbp.compile_log"],
     ["fastbp.modules", "fastbp.loss"],
     ["fastbp.optim", "fastbp.pairs"],
     ["fastbp.plan"],

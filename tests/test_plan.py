@@ -88,3 +88,49 @@ def test_plan_stops_at_the_diverging_epoch():
         messages.append(str(e.value).split(" (optimizer")[0])
     assert messages[0] == messages[1]
     assert int(messages[0].rsplit(" ", 1)[1]) < 200
+
+
+TINY_STACKS = {   # every product at most SMALL_GEMM_FLOPS multiply-adds at batch 4
+    "xor_mse": (lambda m: [m.Linear(8), m.Relu(), m.Linear(4), m.Sigmoid(), m.Linear(1),
+                           m.Sigmoid()], "MSE", 1),
+    "softmax_cce": (lambda m: [m.Linear(5), m.Tanh(), m.Linear(3), m.Softmax()],
+                    "CategoricalCrossentropy", 3),
+    "sigmoid_bce": (lambda m: [m.Linear(4), m.Tanh(), m.Sigmoid(), m.Linear(2), m.Sigmoid()],
+                    "BinaryCrossentropy", 2),
+    "softmax_mse": (lambda m: [m.Linear(3), m.Softmax(), m.Linear(2), m.Relu()], "MSE", 2),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("opt_name", list(OPTIMS))
+@pytest.mark.parametrize("stack", list(TINY_STACKS))
+def test_tiny_plan_equals_general_plan_and_layerwise_bitwise(stack, opt_name, dtype,
+                                                           monkeypatch):
+    """XOR-sized nets train in the tiny-net kernel; it computes every value as the
+    layer kernels do at these sizes, so all three paths give the same bits."""
+    from fastbp import plan as P
+    make, loss_name, n_out = TINY_STACKS[stack]
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((8, 2)), rng.random((8, n_out))
+    if loss_name == "CategoricalCrossentropy":
+        y = np.eye(n_out)[rng.integers(0, n_out, 8)]
+    runs = {}
+    for path in ("tiny", "general", "layerwise"):
+        if path == "general":   # the same model through plan_train / plan_predict
+            monkeypatch.setattr(P.Plan, "tiny", property(lambda s: False, lambda s, v: None),
+                                raising=False)
+        np.random.seed(5)
+        net = layers.Model(make(layers), dtype=dtype)
+        opt = getattr(optim, opt_name)(**OPTIMS[opt_name])
+        if path == "layerwise":
+            opt = _copy_hyper(opt, _layerwise(opt))
+        lossf = getattr(loss, loss_name)()
+        hist = net.train(x, y, opt, lossf, epochs=3, batch_size=3, seed=1, verbose=False)
+        hist += net.train(x, y, opt, lossf, epochs=2, verbose=False)   # full batch of 8
+        if path == "tiny":
+            assert net._plan.tiny
+        runs[path] = (hist, net.params.copy(), net.predict(x))
+    for path in ("general", "layerwise"):
+        assert runs[path][0] == runs["tiny"][0], path
+        np.testing.assert_array_equal(runs[path][1], runs["tiny"][1], err_msg=path)
+        np.testing.assert_array_equal(runs[path][2], runs["tiny"][2], err_msg=path)

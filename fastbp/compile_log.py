@@ -1,0 +1,102 @@
+"""What Numba compiles, and when: the first-run notice and ``fastbp warmup --report``.
+
+Numba fires events while it works (``numba.core.event``): "numba:compile" around every
+dispatcher's compilation or cache load, and "numba:run_pass" for every compiler pass,
+which only a real compilation runs. Listening to them costs nothing when nothing compiles.
+"""
+import contextlib
+import sys
+import time
+
+from numba.core import event
+
+
+class _FirstPass(event.Listener):
+    """Calls ``notify()`` once, when Numba starts compiling (not loading) anything."""
+
+    def __init__(self, notify):
+        self.notify, self.started = notify, None
+
+    def on_start(self, ev):
+        if self.started is None:
+            self.started = time.perf_counter()
+            self.notify()
+
+    def on_end(self, ev):
+        pass
+
+
+@contextlib.contextmanager
+def compile_notice(enabled, write=None):
+    """While the body runs, say once that the kernels are being compiled (only when
+    Numba really compiles: a warm cache stays silent), and how long the body took."""
+    if not enabled:
+        yield
+        return
+    write = write or (lambda text: print(text, file=sys.stderr, flush=True))
+    listener = _FirstPass(lambda: write("fastbp: compiling the kernels for this machine "
+                                        "(first run only; Numba caches them on disk)..."))
+    with event.install_listener("numba:run_pass", listener):
+        yield
+    if listener.started is not None:
+        write(f"fastbp: compiled in {time.perf_counter() - listener.started:.1f} s")
+
+
+class CompileRecord(event.Listener):
+    """Every "numba:compile" event: which kernel, which signature, compiled or loaded from
+    the cache, seconds with and without the dispatchers it compiled on the way."""
+
+    def __init__(self):
+        self.rows, self._stack = [], []
+
+    def on_start(self, ev):
+        self._stack.append([ev.data["dispatcher"], ev.data["args"], time.perf_counter(), 0.0])
+
+    def on_end(self, ev):
+        dispatcher, args, start, nested = self._stack.pop()
+        seconds = time.perf_counter() - start
+        if self._stack:
+            self._stack[-1][3] += seconds
+        hits = getattr(getattr(dispatcher, "stats", None), "cache_hits", {})
+        self.rows.append({"kernel": getattr(dispatcher.py_func, "__qualname__", "?"),
+                          "module": getattr(dispatcher.py_func, "__module__", "?"),
+                          "signature": _short(args), "loaded": tuple(args) in hits,
+                          "seconds": seconds, "own_seconds": seconds - nested})
+
+    def table(self, only_prefix="fastbp"):
+        """Markdown rows for fastbp's kernels (Numba's own helpers count in the own time
+        of the kernel that needed them), slowest first."""
+        rows = [r for r in self.rows if r["module"].startswith(only_prefix)]
+        rows.sort(key=lambda r: -r["seconds"])
+        lines = ["| kernel | signature | how | seconds | own seconds |",
+                 "|---|---|---|---:|---:|"]
+        for r in rows:
+            how = "loaded from cache" if r["loaded"] else "compiled"
+            lines.append(f"| {r['kernel']} | {r['signature']} | {how} | "
+                         f"{r['seconds']:.2f} | {r['own_seconds']:.2f} |")
+        compiled = sum(r["own_seconds"] for r in self.rows if not r["loaded"])
+        loaded = sum(r["own_seconds"] for r in self.rows if r["loaded"])
+        lines.append(f"\ntotal: {compiled:.2f} s compiling, {loaded:.2f} s loading from the "
+                     f"cache, {len(rows)} fastbp kernel signatures")
+        return "\n".join(lines)
+
+
+def _short(args):
+    """A signature in a few characters: arrays as f64[:, :] / i64[:], scalars by name."""
+    names = {"float64": "f64", "float32": "f32", "int64": "i64"}
+    out = []
+    for a in args:
+        dtype = getattr(a, "dtype", None)
+        if dtype is not None and hasattr(a, "ndim"):
+            out.append(f"{names.get(str(dtype), str(dtype))}[{', '.join(':' * a.ndim)}]")
+        else:
+            out.append(names.get(str(a), str(a)))
+    return "(" + ", ".join(out) + ")"
+
+
+@contextlib.contextmanager
+def recording():
+    """Record every compilation and cache load in the body: ``with recording() as r``."""
+    record = CompileRecord()
+    with event.install_listener("numba:compile", record):
+        yield record
