@@ -56,7 +56,7 @@ class Plan:
     points (train epochs, one batch's gradient, predict).
 
     Models with fewer than ``K.PARALLEL_MIN_ELEMENTS`` parameters train whole epochs in one
-    compiled call. Larger ones run one compiled call per step (``plan_gradient``) and the
+    compiled call. Larger ones run one compiled call per step (its gradient) and the
     optimizer update from Python, where it goes parallel: a step then takes milliseconds,
     so the call costs nothing measurable, and Ctrl-C is never more than a step away.
     """
@@ -85,52 +85,44 @@ class Plan:
         losses, stopping after the first that is NaN or Inf."""
         if self.by_steps:
             return self._train_by_steps(x, y, orders, loss_code, optim)
-        if self.tiny:
-            return self._tiny(x, y, orders, loss_code, optim, self._no_output)
-        model = self.model
-        if orders[0] is None:
-            order_arr = np.empty((0, 0), np.int64)
-        else:
-            order_arr = np.stack(orders).astype(np.int64, copy=False)
-        losses = np.empty(len(orders))
-        slots = optim._slots("flat", model.params)
-        hp = optim.hyper()
-        done = K.plan_train(self.spec, self.a_off, model.params, model.grads, x, y, order_arr,
-                            self.batch, loss_code, clip_eps(model.dtype), optim.code,
-                            slots[0], slots[-1], hp, float(optim.t), self.acts, self.g1,
-                            self.g2, self.xb, self.yb, losses)
-        optim.t += done * (-(-len(x) // self.batch))
+        kernel = self._tiny_train if self.tiny else self._plan_train
+        done, losses = kernel(x, y, _order_array(orders), loss_code, optim,
+                              np.empty(len(orders)), self._no_output)
+        if optim is not None:
+            optim.t += done * (-(-len(x) // self.batch))
         return losses[:done].tolist()
 
-    def _tiny(self, x, y, orders, loss_code, optim, out):
-        """Train one epoch per entry of ``orders``, then predict x into ``out``, through
-        the tiny-net kernel (the same numbers as plan_train / plan_predict)."""
-        model, batch, n_out = self.model, self.batch, int(self.spec[-1, 3])
-        if not orders or orders[0] is None:
-            order_arr = np.empty((1, 0), np.int64)
-        else:
-            order_arr = np.stack(orders).astype(np.int64, copy=False)
-        losses = np.empty(len(orders))
-        if optim is None:    # predict only: no step is taken, state arrays are not read
-            code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], np.zeros(6), 0.0
+    def _kernel_args(self, loss_code, optim):
+        """The arguments shared by every call of plan_train / tiny_train."""
+        model = self.model
+        if optim is None:    # gradient or predict: no step is taken, no state is read
+            code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], _NO_HYPER, 0.0
         else:
             slots = optim._slots("flat", model.params)
             code, s1, s2, hp, t = (optim.code, slots[0], slots[-1], optim.hyper(),
                                    float(optim.t))
-        last = int(self.a_off[-1])
-        done = K.tiny_train(self.spec, self.a_off, model.params, model.grads, x, y,
-                            order_arr, batch, loss_code, clip_eps(model.dtype), code, s1, s2,
-                            hp, t, self.acts, self.g1, self.g2,
-                            self.acts[last:last + batch * n_out].reshape(batch, n_out),
-                            self.g1[:batch * n_out].reshape(batch, n_out),
-                            self.yb.reshape(batch, n_out), losses, out)
-        if optim is not None:
-            optim.t += done * (-(-len(x) // batch))
-        return losses[:done].tolist()
+        return (self.spec, self.a_off, model.params, model.grads), \
+            (self.batch, loss_code, clip_eps(model.dtype), code, s1, s2, hp, t, self.acts,
+             self.g1, self.g2)
+
+    def _plan_train(self, x, y, orders, loss_code, optim, losses, out, mode=K.nn.TRAIN):
+        head, tail = self._kernel_args(loss_code, optim)
+        done = K.plan_train(mode, *head, x, y, orders, *tail, self.xb, self.yb, losses, out)
+        return done, losses
+
+    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out):
+        head, tail = self._kernel_args(loss_code, optim)
+        n_out = int(self.spec[-1, 3])
+        last, rows = int(self.a_off[-1]), self.batch * n_out
+        done = K.tiny_train(*head, x, y, orders, *tail,
+                            self.acts[last:last + rows].reshape(self.batch, n_out),
+                            self.g1[:rows].reshape(self.batch, n_out),
+                            self.yb.reshape(self.batch, n_out), losses, out)
+        return done, losses
 
     def _train_by_steps(self, x, y, orders, loss_code, optim):
-        """As ``train``, one compiled call per step: the same kernels in the same order
-        as plan_train, so the same numbers."""
+        """As ``train``, one compiled call per step, with the update from Python (parallel
+        for large models): the same kernels in the same order, so the same numbers."""
         model, n = self.model, len(x)
         slots = optim._slots("flat", model.params)
         natural = np.arange(n, dtype=np.int64)
@@ -152,18 +144,32 @@ class Plan:
     def gradient(self, x, y, rows, loss_code):
         """Gradients of the batch x[rows], y[rows] into ``model.grads``, no update;
         returns the batch loss. rows: int64 indices, at most ``batch`` of them."""
-        return K.plan_gradient(self.spec, self.a_off, self.model.params, self.model.grads,
-                               x, y, rows, loss_code, clip_eps(self.model.dtype), self.acts,
-                               self.g1, self.g2, self.xb, self.yb)
+        losses = np.empty(1)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)[None, :]
+        self._plan_train(x, y, rows, loss_code, None, losses, self._no_output,
+                         mode=K.nn.GRADIENT)
+        return float(losses[0])
 
     def predict(self, x):
-        out = np.empty((len(x), int(self.spec[-1, 3])), self.model.dtype)
-        if self.tiny:
-            self._tiny(x, np.empty((0, out.shape[1]), x.dtype), [], K.MSE, None, out)
-            return out
-        K.plan_predict(self.spec, self.a_off, self.model.params, x, self.batch, self.acts,
-                       self.xb, out)
+        n_out = int(self.spec[-1, 3])
+        out = np.empty((len(x), n_out), self.model.dtype)
+        no_y = np.empty((0, n_out), self.model.dtype)
+        kernel = self._tiny_train if self.tiny else \
+            (lambda *a: self._plan_train(*a, mode=K.nn.PREDICT))
+        kernel(x, no_y, _NATURAL, K.MSE, None, np.empty(0), out)
         return out
+
+
+_NO_HYPER = np.zeros(6)
+_NATURAL = np.empty((1, 0), np.int64)   # "no row order": the rows as they come
+
+
+def _order_array(orders):
+    """The row orders of a chunk of epochs as one (epochs, N) int64 array, or the
+    natural order."""
+    if not orders or orders[0] is None:
+        return _NATURAL
+    return np.stack(orders).astype(np.int64, copy=False)
 
 
 def plan_for(model, batch):

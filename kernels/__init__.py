@@ -11,8 +11,8 @@ from . import nn
 from .config import PARALLEL_MIN_ELEMENTS, SMALL_GEMM_FLOPS, THREADING_LAYER, serialized
 from .nn import (ADAM, BCE, CCE, IDENTITY, MOMENTUM, MSE, RELU, RMSPROP, SGD, SIGMOID,
                  SIGMOID_BCE, SOFTMAX, SOFTMAX_CCE, TANH, activation_backward_bias,
-                 column_sum, linear_backward, matmul, matmul_nt, matmul_tn, plan_gradient,
-                 plan_predict, plan_train, tiny_train)
+                 column_sum, linear_backward, matmul, matmul_nt, matmul_tn, plan_train,
+                 tiny_train)
 
 PARALLEL_KERNELS = ("bias_activation_forward_par", "activation_backward_par",
                     "loss_forward_backward_par", "optim_update_par")
@@ -89,5 +89,4 @@ def optim_update(code, p, g, s1, s2, hp):
 
 ENTRY_POINTS = ("activation_backward", "activation_backward_bias", "bias_activation_forward",
                 "column_sum", "linear_backward", "linear_forward", "loss_forward_backward",
-                "matmul", "matmul_nt", "matmul_tn", "optim_update", "plan_gradient",
-                "plan_predict", "plan_train", "tiny_train")
+                "matmul", "matmul_nt", "matmul_tn", "optim_update", "plan_train", "tiny_train")

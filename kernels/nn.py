@@ -539,52 +539,10 @@ def _plan_forward(spec, a_off, params, xin, acts):
     return inp
 
 
-@njit(**SERIAL)
-def plan_predict(spec, a_off, params, x, batch, acts, xb, out):
-    """out = model(x), batch rows at a time. x: (N, I); out: (N, O_last)."""
-    n, n_in = x.shape
-    for lo in range(0, n, batch):
-        hi = min(n, lo + batch)
-        xin = _view(xb, 0, hi - lo, n_in)
-        _copy_rows(xin, x, lo)
-        pred = _plan_forward(spec, a_off, params, xin, acts)
-        for r in range(hi - lo):
-            for j in range(out.shape[1]):
-                out[lo + r, j] = pred[r, j]
-
-
-@njit(**SERIAL)
-def _batch_gradient(spec, a_off, params, grads, xin, yin, loss_code, eps, acts, g1, g2):
-    """Forward, loss and backward of one batch: fills ``grads``, returns the batch loss.
-
-    xin: (rows, I_0); yin: (rows, O_last). loss_code SOFTMAX_CCE / SIGMOID_BCE mean the
-    last block's activation is fused into the loss: its backward is skipped.
-    """
-    rows = xin.shape[0]
-    n_blocks = spec.shape[0]
-    fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
-    pred = _plan_forward(spec, a_off, params, xin, acts)
-    d = _view(g1, 0, rows, yin.shape[1])
-    loss = loss_forward_backward(loss_code, d, pred, yin, eps)
-    # backward, last block to first; d = dL/d(output of block k)
-    use_g1 = True
-    for k in range(n_blocks - 1, -1, -1):
-        has_lin, act, k_in, k_out, w_off, b_off = spec[k]
-        if fused and k == n_blocks - 1:
-            act = IDENTITY
-        out_k = _view(acts, a_off[k], rows, k_out)
-        nxt = _view(g2 if use_g1 else g1, 0, rows, k_in)
-        if has_lin:
-            inp = xin if k == 0 else _view(acts, a_off[k - 1], rows, k_in)
-            activation_backward_bias(d, grads[b_off:b_off + k_out], d, out_k, act)
-            matmul_tn(_view(grads, w_off, k_in, k_out), inp, d)
-            if k > 0:
-                matmul_nt(nxt, d, _view(params, w_off, k_in, k_out))
-        elif k > 0:
-            _backward_rows(nxt, d, out_k, act, 0, rows)
-        d = nxt
-        use_g1 = not use_g1
-    return loss
+# plan_train is the one entry point of the general plan (train epochs, one batch's
+# gradient, predict): a first run compiles one kernel per dtype, and everything below it
+# is a leaf kernel called directly, so no code is optimized and emitted twice.
+TRAIN, GRADIENT, PREDICT = 0, 1, 2
 
 
 @njit(**SERIAL)
@@ -599,50 +557,86 @@ def _gather_rows(xin, yin, x, y, order, lo):
 
 
 @njit(**SERIAL)
-def plan_gradient(spec, a_off, params, grads, x, y, rows, loss_code, eps, acts, g1, g2, xb,
-                  yb):
-    """Gradients of the loss of the batch x[rows], y[rows] into ``grads`` (no update);
-    returns the batch loss. rows: (B,) int64 row indices. Lets a caller combine the
-    gradients of several batches (data parallelism) before one optimizer update."""
-    n_rows = rows.shape[0]
-    xin = _view(xb, 0, n_rows, x.shape[1])
-    yin = _view(yb, 0, n_rows, y.shape[1])
-    _gather_rows(xin, yin, x, y, rows, 0)
-    return _batch_gradient(spec, a_off, params, grads, xin, yin, loss_code, eps, acts, g1,
-                           g2)
+def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
+               opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out):
+    """The compiled plan; returns the number of epochs run (TRAIN), else 0.
 
-
-@njit(**SERIAL)
-def plan_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
-               s1, s2, hp, t, acts, g1, g2, xb, yb, losses):
-    """Train len(losses) epochs; losses[e] = mean batch loss of epoch e. Returns the number
-    of epochs run: training stops after the first epoch whose loss is NaN or Inf.
-
-    orders: (epochs, N) row order per epoch, or (0, 0) for the natural order. hp = (lr,
-    a, b, eps) of the optimizer (see optim_update); t = optimizer steps taken before.
+    TRAIN: train len(losses) epochs, losses[e] = mean batch loss of epoch e; stops after
+    the first epoch whose loss is NaN or Inf. orders: (epochs, N) row order per epoch, or
+    (1, 0) for the natural order. hp = (lr, a, b, eps) of the optimizer (see
+    optim_update); t = optimizer steps taken before.
+    GRADIENT: the gradients of the batch x[orders[0]], y[orders[0]] into ``grads``, no
+    update (a caller can combine several batches' gradients first); losses[0] = its loss.
+    PREDICT: out = model(x), ``batch`` rows at a time.
+    loss_code SOFTMAX_CCE / SIGMOID_BCE mean the last block's activation is fused into
+    the loss: its backward is skipped.
     """
     n, n_in = x.shape
-    n_out = y.shape[1]
-    step_hp = _step_hyper(hp)
-    for e in range(losses.shape[0]):
-        total = 0.0
-        n_batches = 0
+    n_out = out.shape[1]
+    n_blocks = spec.shape[0]
+    if mode == PREDICT:
         for lo in range(0, n, batch):
             hi = min(n, lo + batch)
-            rows = hi - lo
-            if orders.shape[0] == 0:
-                xin, yin = x[lo:hi], y[lo:hi]
+            xin = _view(xb, 0, hi - lo, n_in)
+            _copy_rows(xin, x, lo)
+            pred = _plan_forward(spec, a_off, params, xin, acts)
+            for r in range(hi - lo):
+                for j in range(n_out):
+                    out[lo + r, j] = pred[r, j]
+        return 0
+    fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
+    step_hp = _step_hyper(hp)
+    n_epochs = 1 if mode == GRADIENT else losses.shape[0]
+    for e in range(n_epochs):
+        order = orders[min(e, orders.shape[0] - 1)]
+        total = 0.0
+        n_batches = 0
+        n_rows = order.shape[0] if mode == GRADIENT else n
+        for lo in range(0, n_rows, batch):
+            rows = min(n_rows, lo + batch) - lo
+            if order.shape[0] == 0:
+                xin, yin = x[lo:lo + rows], y[lo:lo + rows]
             else:
                 xin = _view(xb, 0, rows, n_in)
                 yin = _view(yb, 0, rows, n_out)
-                _gather_rows(xin, yin, x, y, orders[e], lo)
-            total += _batch_gradient(spec, a_off, params, grads, xin, yin, loss_code, eps,
-                                     acts, g1, g2)
+                _gather_rows(xin, yin, x, y, order, lo)
+            # forward and loss; d = dL/d(output of the last block)
+            pred = _plan_forward(spec, a_off, params, xin, acts)
+            d = _view(g1, 0, rows, n_out)
+            value = 0.0
+            for c in range(_chunks(rows, ROWS_PER_CHUNK)):
+                value += _loss_rows(loss_code, d, pred, yin, eps, c * ROWS_PER_CHUNK,
+                                    min(rows, (c + 1) * ROWS_PER_CHUNK))
+            total += _loss_value(loss_code, value, rows * n_out)
             n_batches += 1
+            # backward, last block to first; d = dL/d(output of block k)
+            use_g1 = True
+            for k in range(n_blocks - 1, -1, -1):
+                has_lin, act, k_in, k_out, w_off, b_off = spec[k]
+                if fused and k == n_blocks - 1:
+                    act = IDENTITY
+                out_k = _view(acts, a_off[k], rows, k_out)
+                nxt = _view(g2 if use_g1 else g1, 0, rows, k_in)
+                if has_lin:
+                    if act == SOFTMAX:
+                        _backward_rows(d, d, out_k, act, 0, rows)
+                        act = IDENTITY
+                    _backward_cols(d, grads[b_off:b_off + k_out], d, out_k, act, 0, k_out)
+                    inp = xin if k == 0 else _view(acts, a_off[k - 1], rows, k_in)
+                    matmul_tn(_view(grads, w_off, k_in, k_out), inp, d)
+                    if k > 0:
+                        matmul_nt(nxt, d, _view(params, w_off, k_in, k_out))
+                elif k > 0:
+                    _backward_rows(nxt, d, out_k, act, 0, rows)
+                d = nxt
+                use_g1 = not use_g1
+            if mode == GRADIENT:
+                losses[0] = total
+                return 0
             t += 1.0
             step_hp[4] = 1.0 - hp[1] ** t if opt_code == ADAM else 1.0
             step_hp[5] = 1.0 - hp[2] ** t if opt_code == ADAM else 1.0
-            optim_update(opt_code, params, grads, s1, s2, step_hp)
+            _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
         losses[e] = total / n_batches
         if not np.isfinite(losses[e]):
             return e + 1
