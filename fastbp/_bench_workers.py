@@ -9,8 +9,8 @@ library prints goes to stderr. While another worker runs, it blocks on that read
 Requests: ``("setup", key, spec, variant)`` builds a runner (compiling and warming it,
 untimed); ``("run", key)`` resets the runner to the shared initial weights (untimed),
 times ``spec["inner"]`` back-to-back calls and answers ``(seconds per call, final loss)``;
-``("weights", key)`` answers the initial (w, b) pairs as the library holds them, in
-fastbp's orientation; ``("quit",)`` ends the worker.
+``("weights", key)`` resets and answers the (w, b) pairs a run starts from, as the
+library holds them, in fastbp's orientation; ``("quit",)`` ends the worker.
 
 ``python .../_bench_workers.py --process <library> <workload>`` is the whole-process
 variant: import, build, one training step, print the loss, exit.
@@ -300,7 +300,7 @@ class JaxMLP(Runner):
         self.state = self.jax.block_until_ready(self._run(self.state))
 
     def weights(self):
-        return [(np.asarray(w), np.asarray(b)) for w, b in self.params0]
+        return [(np.asarray(w), np.asarray(b)) for w, b in self.state[0]]
 
     def loss(self):
         out = self.forward(self.state[0], self.x)
@@ -440,7 +440,8 @@ def serve(library, requests, answers):
                 answer = None
             elif message[0] == "run":
                 answer = runners[message[1]].run()
-            elif message[0] == "weights":
+            elif message[0] == "weights":   # as a timed run starts: after a reset
+                runners[message[1]].reset()
                 answer = runners[message[1]].weights()
             else:
                 raise ValueError(f"bench worker: unknown request {message[0]!r}")

@@ -113,6 +113,14 @@ workload("process", "whole process: import + XOR's first training step (warm Num
 
 # --------------------------------------------------------------------- pure helpers
 
+def row_spec(spec, row):
+    """What ``row``'s worker sets up: the workload itself, or for the GEMM row the
+    product that measures the machine's rate in the workload's dtype."""
+    if row is GEMM:
+        return dict(kind="gemm", dtype=spec["dtype"], gemm=GEMM_SHAPE)
+    return spec
+
+
 def rotated(order, round_index):
     """The run order of round ``round_index``: ``order`` rotated left by that many."""
     k = round_index % len(order) if order else 0
@@ -262,8 +270,8 @@ class Bench:
                                   f"is not installed)")
                 continue
             try:
-                self.worker(row.library).ask("setup", (name, row.name), WORKLOADS[name].spec,
-                                             row.variant)
+                self.worker(row.library).ask("setup", (name, row.name),
+                                             row_spec(WORKLOADS[name].spec, row), row.variant)
                 wait_until_idle(self.worker(row.library))
                 ready.append(row)
             except WorkerError as error:
