@@ -15,7 +15,9 @@ Fair by construction:
   summed loss (see ``_bench_workers``).
 
 PyTorch and JAX are not dependencies: install them yourself (``pip install torch jax``);
-a competitor that is not installed is left out, with a note.
+a competitor that is not installed is left out, with a note. A new competitor (say
+scikit-learn) is a Runner in ``_bench_workers.RUNNERS``, its import name in
+``_bench_workers.LIBRARIES`` and a ``Row`` in the workloads it joins.
 """
 import collections
 import importlib.metadata
@@ -295,6 +297,22 @@ class Bench:
                 results[row.name][1].append(loss)
         return results
 
+    def warm_processes(self, name, rows):
+        """One untimed run of each whole-process row (fills fastbp's Numba cache and every
+        library's files into the page cache); returns the rows that ran."""
+        ready = []
+        for row in rows:
+            try:
+                if installed(row.library):
+                    self._process_run(name, row)
+                    ready.append(row)
+                else:
+                    self.notes.append(f"{name}: {row.name} left out (not installed)")
+            except WorkerError as error:
+                self.notes.append(f"{name}: {row.name} left out ({error})")
+            wait_until_idle()
+        return ready
+
     def _process_run(self, name, row):
         return run_process(row.library, name if name in W.PROCESS_SPECS else "xor")
 
@@ -302,8 +320,7 @@ class Bench:
         """Measure one workload; returns (rows that ran, results)."""
         rows = WORKLOADS[name].rows
         if rows is PROCESS_ROWS:
-            rows = [row for row in rows if installed(row.library)]
-            run_process("fastbp", "xor")   # warm the Numba cache first
+            rows = self.warm_processes(name, rows)
         else:
             rows = self.setup(name, rows)
         if not any(row.name == WORKLOADS[name].base for row in rows):
