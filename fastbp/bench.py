@@ -452,27 +452,35 @@ def _overhead_line(name, results):
 
 # --------------------------------------------------------------------- cold start
 
-def cold_start(runs, out=print):
-    """Whole processes, interleaved: ``fastbp xor`` and ``fastbp train digits --epochs 1``
-    with an empty Numba cache (a new NUMBA_CACHE_DIR per run) and a warm one; the
+def cold_entries():
+    """(label, Numba cache, argv) of every whole process ``--cold`` times: ``fastbp xor``
+    and ``fastbp train digits --epochs 1`` with an empty and a warm cache; the
     reference's and (when installed) PyTorch's and JAX's XOR and digits first step."""
     cli = [sys.executable, "-m", "fastbp.cli"]
-    commands = {"fastbp xor": cli + ["xor", "--quiet"],
-                "fastbp train digits --epochs 1 --quiet": cli + ["train", "digits", "--epochs",
-                                                                 "1", "--quiet"]}
-    entries = [(f"{label}", cache, argv) for label, argv in commands.items()
+    entries = [(label, cache, cli + argv) for label, argv in
+               (("fastbp xor", ["xor", "--quiet"]),
+                ("fastbp train digits --epochs 1 --quiet",
+                 ["train", "digits", "--epochs", "1", "--quiet"]))
                for cache in ("empty", "warm")]
     for library in ("reference", "torch", "jax"):
         if installed(library):
-            for wl in ("xor", "digits"):
-                entries.append((f"{library}: {wl} first step ({W.__name__.rsplit('.', 1)[1]}"
-                                f".py --process)", "-",
-                                [sys.executable, WORKER, "--process", library, wl]))
+            entries += [(f"{library}: {wl} first step (_bench_workers.py --process)", "-",
+                         [sys.executable, WORKER, "--process", library, wl])
+                        for wl in ("xor", "digits")]
+    return entries
+
+
+def cold_start(runs, out=print, entries=None):
+    """Time the whole processes of ``entries`` (default ``cold_entries()``), interleaved
+    with a rotating order, ``runs`` each; an "empty" entry gets a new NUMBA_CACHE_DIR per
+    run, a "warm" one a cache filled by an untimed run first."""
+    entries = cold_entries() if entries is None else entries
     times = {entry[:2]: [] for entry in entries}
     with tempfile.TemporaryDirectory() as root:
         warm = os.path.join(root, "warm")
-        for argv in commands.values():   # fill the warm cache, untimed
-            _timed_process(argv, warm)
+        for _, cache, argv in entries:
+            if cache == "warm":
+                _timed_process(argv, warm)
         for r in range(runs):
             print(f"  cold start: round {r + 1}/{runs}", file=sys.stderr, flush=True)
             for label, cache, argv in rotated(entries, r):
@@ -480,7 +488,7 @@ def cold_start(runs, out=print):
                 times[label, cache].append(_timed_process(argv, folder))
                 wait_until_idle()
     out("")
-    out(f"Whole-process times, {runs} interleaved runs each (median, min-max):")
+    out(f"Whole processes, {runs} interleaved runs each (median, min-max):")
     out("")
     out("| process | Numba cache | median | min-max |")
     out("|---|---|---:|---:|")
