@@ -114,9 +114,10 @@ class NumpyMLP(Runner):
     "layerwise" (``loss(net(x), y); optim(net, loss)`` per batch) and "plan" (the compiled
     plan's epoch call alone, without train()'s per-call work)."""
 
-    def __init__(self, spec, variant, lib):
+    def __init__(self, spec, variant, lib, train_kw):
         super().__init__(spec, variant)
         self.layers, self.losses, self.optims = lib
+        self.train_kw = train_kw   # fastbp: verbose=False (the reference has no bar)
         self.x, self.y = shared_data(spec)
         self.init = shared_weights(spec["sizes"], spec["dtype"])
         stack = []
@@ -141,9 +142,8 @@ class NumpyMLP(Runner):
         return [(np.array(layer.w), np.array(layer.b)) for layer in self.linear]
 
     def _train(self):
-        kw = {"verbose": False} if self.variant_is_fastbp else {}
         self.net.train(self.x, self.y, self.opt, self.objective, epochs=self.spec["epochs"],
-                       batch_size=self.spec["batch"], shuffle=False, **kw)
+                       batch_size=self.spec["batch"], shuffle=False, **self.train_kw)
 
     def _layerwise(self):
         for _ in range(self.spec["epochs"]):
@@ -153,10 +153,6 @@ class NumpyMLP(Runner):
 
     def _plan(self):
         self.epochs([None] * self.spec["epochs"])
-
-    @property
-    def variant_is_fastbp(self):
-        return self.layers.__name__.startswith("fastbp.")
 
     def loss(self):
         return final_loss(self.net(self.x), self.y, self.spec["loss"])
@@ -189,8 +185,8 @@ class TorchMLP(Runner):
             for lin, (w, b) in zip(self.linear, self.init):
                 lin.weight.copy_(self.torch.from_numpy(w.T))
                 lin.bias.copy_(self.torch.from_numpy(b))
-        self.opt = getattr(self.torch.optim, {"SGD": "SGD", "Adam": "Adam"}[self.spec["optim"]])(
-            self.net.parameters(), lr=self.spec["lr"])
+        optimizer = {"SGD": self.torch.optim.SGD, "Adam": self.torch.optim.Adam}
+        self.opt = optimizer[self.spec["optim"]](self.net.parameters(), lr=self.spec["lr"])
 
     def weights(self):
         return [(lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy())
@@ -383,8 +379,8 @@ def _load_reference():
     """fastbp.reference as a package of its own, without importing fastbp (and Numba)."""
     import importlib.util
     path = os.path.join(HERE, "reference", "__init__.py")
-    spec = importlib.util.spec_from_file_location("fastbp_reference", path,
-                                                  submodule_search_locations=[os.path.dirname(path)])
+    spec = importlib.util.spec_from_file_location(
+        "fastbp_reference", path, submodule_search_locations=[os.path.dirname(path)])
     module = importlib.util.module_from_spec(spec)
     sys.modules["fastbp_reference"] = module
     spec.loader.exec_module(module)
@@ -399,9 +395,10 @@ def _load_fastbp():
 # (library, workload kind) -> Runner. A new competitor (scikit-learn, say) adds its rows
 # here and its import name to LIBRARIES; the parent skips libraries that are not installed.
 RUNNERS = {
-    ("fastbp", "mlp"): lambda spec, variant: NumpyMLP(spec, variant, _load_fastbp()),
+    ("fastbp", "mlp"): lambda spec, variant: NumpyMLP(spec, variant, _load_fastbp(),
+                                                      {"verbose": False}),
     ("fastbp", "softmax"): lambda spec, variant: NumpySoftmax(spec, variant, _load_fastbp()),
-    ("reference", "mlp"): lambda spec, variant: NumpyMLP(spec, variant, _load_reference()),
+    ("reference", "mlp"): lambda spec, variant: NumpyMLP(spec, variant, _load_reference(), {}),
     ("reference", "softmax"): lambda spec, variant: NumpySoftmax(spec, variant,
                                                                  _load_reference()),
     ("torch", "mlp"): TorchMLP,
