@@ -194,11 +194,11 @@ class Worker:
                                      cwd=tempfile.gettempdir())
 
     def ask(self, *message):
-        pickle.dump(message, self.proc.stdin)
-        self.proc.stdin.flush()
         try:
+            pickle.dump(message, self.proc.stdin)
+            self.proc.stdin.flush()
             status, answer = pickle.load(self.proc.stdout)
-        except EOFError:
+        except (EOFError, BrokenPipeError):
             raise WorkerError(f"the {self.library} worker died (exit code "
                               f"{self.proc.wait()}); its error is above") from None
         if status != "ok":
