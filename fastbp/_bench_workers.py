@@ -10,7 +10,8 @@ Requests: ``("setup", key, spec, variant)`` builds a runner (compiling and warmi
 untimed); ``("run", key)`` resets the runner to the shared initial weights (untimed),
 times ``spec["inner"]`` back-to-back calls and answers ``(seconds per call, final loss)``;
 ``("weights", key)`` resets and answers the (w, b) pairs a run starts from, as the
-library holds them, in fastbp's orientation; ``("quit",)`` ends the worker.
+library holds them, in fastbp's orientation; ``("imported", names)`` answers which of
+those modules the worker has imported; ``("quit",)`` ends the worker.
 
 ``python .../_bench_workers.py --process <library> <workload>`` is the whole-process
 variant: import, build, one training step, print the loss, exit.
@@ -437,6 +438,8 @@ def serve(library, requests, answers):
                 answer = None
             elif message[0] == "run":
                 answer = runners[message[1]].run()
+            elif message[0] == "imported":   # which of these libraries this process holds
+                answer = sorted(name for name in message[1] if name in sys.modules)
             elif message[0] == "weights":   # as a timed run starts: after a reset
                 runners[message[1]].reset()
                 answer = runners[message[1]].weights()

@@ -107,3 +107,11 @@ def test_workers_train_to_the_same_final_loss(tiny_bench):
     assert abs(losses["fastbp"] - W.final_loss(p, y, TINY["loss"])) > 1e-3
     for name, value in losses.items():
         assert value == pytest.approx(losses["fastbp"], rel=1e-9), name
+
+
+def test_each_worker_imports_only_its_own_library(tiny_bench):
+    bench, rows = tiny_bench
+    libraries = {"fastbp": "fastbp", "numba": "fastbp", "torch": "torch", "jax": "jax"}
+    for library in {row.library for row in rows}:
+        held = bench.worker(library).ask("imported", sorted(libraries))
+        assert held == sorted(m for m, owner in libraries.items() if owner == library), library
