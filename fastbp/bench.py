@@ -1,13 +1,29 @@
-"""``fastbp bench``: the workloads of the speed issue, fastbp against its competitors.
+"""``fastbp bench``: the workloads of the speed issues, fastbp against its competitors.
 
-Competitors: fastbp, fastbp.reference (plain NumPy), and PyTorch / JAX when installed
-(``pip install ".[bench]"`` does not pull them in; install torch / jax yourself). Every
-competitor gets the same shapes, initial weights, loss, learning rate and batch size.
-Rounds interleave the competitors (so machine noise hits all of them alike); the report
-gives medians and the per-round ratio of each competitor's time to fastbp's.
+Fair by construction:
+
+- every library runs in its own long-lived worker process (``fastbp/_bench_workers.py``,
+  which imports NumPy and that library only), so one library's thread pools never share
+  a process with another's;
+- one worker runs at a time (the others block on their pipe); after each timed run the
+  bench waits until the worker's CPU time stops growing (BLAS / OpenMP / TBB threads spin
+  for a while after their work) and at least ``MIN_GAP`` seconds;
+- rounds interleave the competitors, in an order rotated each round, so machine noise
+  hits all of them alike; the report gives medians and the median of per-round ratios
+  with their min-max, the CPU steal time of the run, and each competitor's final loss;
+- every competitor gets the same data, initial weights, batches, learning rate and
+  summed loss (see ``_bench_workers``).
+
+PyTorch and JAX are not dependencies: install them yourself (``pip install torch jax``);
+a competitor that is not installed is left out, with a note. A new competitor (say
+scikit-learn) is a Runner in ``_bench_workers.RUNNERS``, its import name in
+``_bench_workers.LIBRARIES`` and a ``Row`` in the workloads it joins.
 """
+import collections
+import importlib.metadata
 import importlib.util
 import os
+import pickle
 import platform
 import statistics
 import subprocess
@@ -15,363 +31,477 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+from . import _bench_workers as W
 
+WORKER = os.path.abspath(W.__file__)
+MIN_GAP = 0.15     # seconds of idle time after each timed run, at least
+QUIET = 0.05       # the worker is idle once its CPU time has not grown for this long
+MAX_WAIT = 3.0     # ... or after this long, whatever its threads do
+ROUNDS, QUICK_ROUNDS = 7, 3
+LR_NOTE = ("same initial weights, data, batches and learning rate for every competitor; "
+           "losses summed over the batch rows as fastbp's (cross-entropy: PyTorch "
+           "reduction=\"sum\", JAX -sum(y log_softmax); MSE: mean over a row's outputs, summed "
+           "over rows), so no learning rate is scaled")
+
+# A row of the table: its name, the worker library that runs it, the runner's variant.
+Row = collections.namedtuple("Row", "name library variant")
+Workload = collections.namedtuple("Workload", "label spec rows base flops")
 WORKLOADS = {}
-PAUSE = 0.05  # seconds of idle time before each timed run
+
+FASTBP, REFERENCE = Row("fastbp", "fastbp", "train"), Row("reference", "reference", "train")
+PYTORCH = Row("pytorch", "torch", "eager")
+JAX_ROWS = [Row("jax (jit step loop)", "jax", "step"), Row("jax (lax.scan)", "jax", "scan")]
+GEMM = Row("GEMM", "blas", "gemm")
+GEMM_SHAPE = (512, 2048, 2048)    # M, K, N of the product that measures the GEMM rate
 
 
-def workload(name, label):
-    def register(fn):
-        WORKLOADS[name] = (label, fn)
-        return fn
-    return register
+def workload(name, label, spec, rows, base="fastbp", flops=None):
+    WORKLOADS[name] = Workload(label, spec, rows, base, flops)
 
 
-# --------------------------------------------------------------------- model builders
-
-def _mlp_weights(sizes, dtype, seed=0):
-    """He-initialised weights and zero biases for an MLP, shared by every competitor."""
-    rng = np.random.default_rng(seed)
-    return [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(dtype) for a, b in
-            zip(sizes[:-1], sizes[1:])], [np.zeros(b, dtype) for b in sizes[1:]]
+def _mlp(sizes, acts, dtype, rows, batch, epochs, optim="SGD", lr=1e-3, loss="CCE",
+         inner=1):
+    return dict(kind="mlp", data="random", sizes=sizes, acts=acts, dtype=dtype, rows=rows,
+                batch=batch, epochs=epochs, optim=optim, lr=lr, inner=inner,
+                loss="CategoricalCrossentropy" if loss == "CCE" else loss)
 
 
-def _fastbp_mlp(mod, sizes, acts, dtype, seed=0):
-    ws, bs = _mlp_weights(sizes, dtype, seed)
-    stack = []
-    for units, act in zip(sizes[1:], acts):
-        stack += [mod.Linear(units), getattr(mod, act)()]
-    net = mod.Model(stack, dtype=dtype)
-    net(np.zeros((1, sizes[0]), dtype))   # build, then overwrite with the shared weights
-    for layer, w, b in zip([l for l in net.layers if hasattr(l, "units")], ws, bs):
-        layer.w, layer.b = w, b
-    return net
+def step_flops(spec):
+    """6 x rows x parameters: forward product (2), both backward products (4)."""
+    sizes = spec["sizes"]
+    return 6 * (spec["batch"] or spec["rows"]) * sum(a * b + b for a, b in
+                                                     zip(sizes[:-1], sizes[1:]))
 
 
-def _data(n, n_in, n_out, dtype, seed=1):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, n_in)).astype(dtype)
-    y = np.eye(n_out, dtype=dtype)[rng.integers(0, n_out, n)]
-    return x, y
+XOR = dict(kind="mlp", data="xor", sizes=[2, 8, 4, 1], acts=["Relu", "Sigmoid", "Sigmoid"],
+           dtype="float64", loss="MSE", optim="SGD", lr=0.6, epochs=400, batch=None, inner=1)
+CLASSIFIER = ["Relu", "Relu", "Softmax"]
+DIGITS = _mlp([64, 128, 64, 10], CLASSIFIER, "float32", 56 * 32, 32, 1)
+MEDIUM = _mlp([784, 256, 256, 10], CLASSIFIER, "float32", 128, 128, 1, lr=1e-4, inner=3)
+LARGE = _mlp([784, 2048, 2048, 10], CLASSIFIER, "float32", 512, 512, 1, lr=1e-4)
+EVERYONE = [FASTBP, REFERENCE, PYTORCH] + JAX_ROWS
+
+workload("xor", "XOR 2-8-4-1, 400 full-batch epochs, float64", XOR, EVERYONE)
+workload("digits", "digits epoch 64-128-64-10, 56 steps of 32, float32, SGD", DIGITS, EVERYONE)
+workload("digits-adam", "digits epoch 64-128-64-10, 56 steps of 32, float32, Adam",
+         dict(DIGITS, optim="Adam"), EVERYONE)
+workload("medium", "medium step 784-256-256-10, batch 128, float32", MEDIUM,
+         EVERYONE + [GEMM], flops=step_flops(MEDIUM))
+workload("medium64", "medium step 784-256-256-10, batch 128, float64",
+         dict(MEDIUM, dtype="float64"), EVERYONE + [GEMM], flops=step_flops(MEDIUM))
+workload("large32", "large step 784-2048-2048-10, batch 512, float32", LARGE,
+         EVERYONE + [GEMM], flops=step_flops(LARGE))
+workload("large64", "large step 784-2048-2048-10, batch 512, float64",
+         dict(LARGE, dtype="float64"), EVERYONE + [GEMM], flops=step_flops(LARGE))
+workload("softmax", "softmax backward N=512, n=1000, float64 (`Softmax.backward`)",
+         dict(kind="softmax", dtype="float64", rows=512, width=1000, inner=10),
+         [Row("fastbp", "fastbp", "layer"),
+          Row("fastbp raw kernel (activation_backward)", "fastbp", "kernel"),
+          Row("reference", "reference", "layer"), Row("pytorch autograd", "torch", "eager")])
+workload("layerwise", "medium step, float32: `train()` vs `loss(net(x), y); optim(net, loss)`",
+         MEDIUM, [Row("fastbp train()", "fastbp", "train"),
+                  Row("fastbp layer by layer", "fastbp", "layerwise")],
+         base="fastbp train()")
+workload("train-overhead", "XOR, train(epochs=1) vs the compiled plan's call alone",
+         dict(XOR, epochs=1, inner=100),
+         [Row("fastbp train()", "fastbp", "train"),
+          Row("fastbp compiled plan call", "fastbp", "plan")], base="fastbp train()")
+# "process" is timed from here, one fresh process per run (see run_process_workload).
+PROCESS_ROWS = [Row("fastbp", "fastbp", "process"), Row("reference", "reference", "process"),
+                Row("pytorch", "torch", "process"), Row("jax", "jax", "process")]
+workload("process", "whole process: import + XOR's first training step (warm Numba cache)",
+         W.PROCESS_SPECS["xor"], PROCESS_ROWS)
 
 
-XOR_X = np.array([[0, 1], [0, 0], [1, 1], [1, 0]], dtype=np.float64)
-XOR_Y = np.array([[1], [0], [0], [1]], dtype=np.float64)
+# --------------------------------------------------------------------- pure helpers
+
+def row_spec(spec, row):
+    """What ``row``'s worker sets up: the workload itself, or for the GEMM row the
+    product that measures the machine's rate in the workload's dtype."""
+    if row is GEMM:
+        return dict(kind="gemm", dtype=spec["dtype"], gemm=GEMM_SHAPE)
+    return spec
 
 
-def _ref():
-    from . import reference
-    return reference
+def rotated(order, round_index):
+    """The run order of round ``round_index``: ``order`` rotated left by that many."""
+    k = round_index % len(order) if order else 0
+    return list(order[k:]) + list(order[:k])
 
 
-def _fast():
-    from . import layers, loss, optim
-    return layers, loss, optim
+def ratio_stats(times, base_times):
+    """(median time, median ratio, min ratio, max ratio); ratio = time / base time of the
+    same round, so > 1 means the base (fastbp) was faster."""
+    ratios = [t / b for t, b in zip(times, base_times)]
+    return statistics.median(times), statistics.median(ratios), min(ratios), max(ratios)
 
 
-def _np_train(impl, sizes, acts, dtype, x, y, loss_name, lr, epochs, batch_size):
-    """A run() for fastbp or the reference: fresh model with shared weights each time."""
-    if impl == "fastbp":
-        L, Lo, O = _fast()
-        kw = {"verbose": False}
-    else:
-        R = _ref()
-        L, Lo, O = R.layers, R.loss, R.optim
-        kw = {}
+def steal_percent(before, after):
+    """CPU steal between two /proc/stat texts, as a percentage of all CPU time.
 
-    def run():
-        # Untimed: build the model and train it one epoch (buffers allocated, pages
-        # touched); timed: the training call itself.
-        net = _fastbp_mlp(L, sizes, acts, dtype)
-        opt, loss = O.SGD(lr=lr), getattr(Lo, loss_name)()
-        net.train(x, y, opt, loss, epochs=1, batch_size=batch_size, shuffle=False, **kw)
-        start = time.perf_counter()
-        net.train(x, y, opt, loss, epochs=epochs, batch_size=batch_size, shuffle=False, **kw)
-        return time.perf_counter() - start
-    return run
+    The ``cpu`` line counts user nice system idle iowait irq softirq steal (guest time is
+    already inside user); steal is time the hypervisor gave our virtual CPUs to others."""
+    def totals(text):
+        fields = next(line for line in text.splitlines() if line.startswith("cpu ")).split()
+        return [int(v) for v in fields[1:9]]
+    a, b = totals(before), totals(after)
+    delta = [y - x for x, y in zip(a, b)]
+    return 100.0 * delta[7] / sum(delta) if sum(delta) else 0.0
 
 
-# --------------------------------------------------------------------- torch / jax
-
-def _torch_train(sizes, acts, dtype, x, y, loss_name, lr, epochs, batch_size):
-    import torch
-    torch.set_num_threads(os.cpu_count() or 1)
-    tdt = torch.float32 if dtype == np.float32 else torch.float64
-    ws, bs = _mlp_weights(sizes, dtype)
-    X, Y = torch.tensor(x, dtype=tdt), torch.tensor(y, dtype=tdt)
-    names = {"Relu": torch.nn.ReLU, "Sigmoid": torch.nn.Sigmoid, "Tanh": torch.nn.Tanh}
-
-    def run():
-        mods = []
-        for w, b, act in zip(ws, bs, acts):
-            lin = torch.nn.Linear(*w.shape, dtype=tdt)
-            with torch.no_grad():
-                lin.weight.copy_(torch.tensor(w.T))
-                lin.bias.copy_(torch.tensor(b))
-            mods.append(lin)
-            if act != "Softmax":
-                mods.append(names[act]())
-        net = torch.nn.Sequential(*mods)
-        opt = torch.optim.SGD(net.parameters(), lr=lr)
-        n = len(X)
-        step = n if batch_size is None else batch_size
-
-        def train(epochs):
-            for _ in range(epochs):
-                for i in range(0, n, step):
-                    out = net(X[i:i + step])
-                    if loss_name == "MSE":
-                        loss = ((out - Y[i:i + step]) ** 2).mean()
-                    else:  # softmax + categorical cross-entropy, summed as fastbp's
-                        loss = torch.nn.functional.cross_entropy(out, Y[i:i + step],
-                                                                 reduction="sum")
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-        train(1)  # untimed warm-up, as for fastbp
-        start = time.perf_counter()
-        train(epochs)
-        return time.perf_counter() - start
-    return run
+def process_cpu_ticks(text):
+    """utime + stime (clock ticks, all threads) from a /proc/<pid>/stat text."""
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
-def _jax_train(sizes, acts, dtype, x, y, loss_name, lr, epochs, batch_size):
-    import jax
-    import jax.numpy as jnp
-    if dtype == np.float64:
-        jax.config.update("jax_enable_x64", True)
-    ws, bs = _mlp_weights(sizes, dtype)
-    fns = {"Relu": jax.nn.relu, "Sigmoid": jax.nn.sigmoid, "Tanh": jnp.tanh}
-
-    def loss_fn(params, xb, yb):
-        h = xb
-        for (w, b), act in zip(params, acts):
-            h = h @ w + b
-            if act != "Softmax":
-                h = fns[act](h)
-        if loss_name == "MSE":
-            return jnp.mean((h - yb) ** 2)
-        return -jnp.sum(yb * jax.nn.log_softmax(h))
-
-    n = len(x)
-    step = n if batch_size is None else batch_size
-    nb = n // step
-    X = jnp.asarray(x[:nb * step]).reshape(nb, step, -1)
-    Y = jnp.asarray(y[:nb * step]).reshape(nb, step, -1)
-
-    @jax.jit
-    def train(params):
-        def sgd(params, batch):
-            g = jax.grad(loss_fn)(params, *batch)
-            return jax.tree_util.tree_map(lambda p, gp: p - lr * gp, params, g), None
-
-        def epoch(params, _):
-            return jax.lax.scan(sgd, params, (X, Y))[0], None
-        return jax.lax.scan(epoch, params, None, length=epochs)[0]
-
-    params0 = [(jnp.asarray(w), jnp.asarray(b)) for w, b in zip(ws, bs)]
-    jax.block_until_ready(train(params0))  # compile outside the timing
-
-    def run():
-        jax.block_until_ready(train(params0))
-    return run
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
-def _installed(name):
-    return importlib.util.find_spec(name) is not None
+def fmt_time(seconds):
+    if seconds != seconds:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
 
 
-def _competitors(sizes, acts, dtype, x, y, loss_name, lr, epochs, batch_size):
-    args = (sizes, acts, dtype, x, y, loss_name, lr, epochs, batch_size)
-    out = {"fastbp": _np_train("fastbp", *args), "reference": _np_train("reference", *args)}
-    if _installed("torch"):
-        out["pytorch"] = _torch_train(*args)
-    if _installed("jax"):
-        out["jax"] = _jax_train(*args)
+def fmt_loss(value):
+    return "-" if value is None or value != value else f"{value:.6g}"
+
+
+# --------------------------------------------------------------------- workers
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Worker:
+    """A long-lived ``_bench_workers.py <library>`` process, spoken to in pickles."""
+
+    def __init__(self, library):
+        self.library = library
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        self.proc = subprocess.Popen([sys.executable, WORKER, library], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env,
+                                     cwd=tempfile.gettempdir())
+
+    def ask(self, *message):
+        try:
+            pickle.dump(message, self.proc.stdin)
+            self.proc.stdin.flush()
+            status, answer = pickle.load(self.proc.stdout)
+        except (EOFError, BrokenPipeError):
+            raise WorkerError(f"the {self.library} worker died (exit code "
+                              f"{self.proc.wait()}); its error is above") from None
+        if status != "ok":
+            raise WorkerError(answer)
+        return answer
+
+    def cpu_ticks(self):
+        text = _read(f"/proc/{self.proc.pid}/stat")
+        return None if text is None else process_cpu_ticks(text)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                pickle.dump(("quit",), self.proc.stdin)
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_until_idle(worker=None):
+    """Sleep until ``worker``'s threads have stopped burning CPU (its CPU time has not grown
+    for QUIET seconds), and at least MIN_GAP; returns how long they kept spinning."""
+    start = time.perf_counter()
+    last = worker.cpu_ticks() if worker else None
+    if last is None:
+        time.sleep(MIN_GAP)
+        return 0.0
+    busy_until = start
+    while True:
+        time.sleep(0.01)
+        now, ticks = time.perf_counter(), worker.cpu_ticks()
+        if ticks is None:
+            return busy_until - start
+        if ticks != last:
+            last, busy_until = ticks, now
+        if (now - busy_until >= QUIET and now - start >= MIN_GAP) or now - start > MAX_WAIT:
+            return busy_until - start
+
+
+def installed(library):
+    return importlib.util.find_spec(W.LIBRARIES[library]) is not None
+
+
+# --------------------------------------------------------------------- measuring
+
+class Bench:
+    """The workers of one run (started on first use, kept until ``close``), the spin
+    times seen after each run, and notes for the report."""
+
+    def __init__(self, log=None):
+        self.workers, self.spins, self.notes = {}, collections.defaultdict(list), []
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+
+    def worker(self, library):
+        if library not in self.workers:
+            self.workers[library] = Worker(library)
+        return self.workers[library]
+
+    def close(self):
+        for worker in self.workers.values():
+            worker.close()
+
+    def setup(self, name, rows):
+        """Set up each row in its worker (untimed); returns the rows that work."""
+        ready = []
+        for row in rows:
+            if not installed(row.library):
+                self.notes.append(f"{name}: {row.name} left out ({W.LIBRARIES[row.library]} "
+                                  f"is not installed)")
+                continue
+            try:
+                self.worker(row.library).ask("setup", (name, row.name),
+                                             row_spec(WORKLOADS[name].spec, row), row.variant)
+                wait_until_idle(self.worker(row.library))
+                ready.append(row)
+            except WorkerError as error:
+                self.notes.append(f"{name}: {row.name} left out ({error})")
+        return ready
+
+    def measure(self, name, rows, rounds):
+        """{row name: ([seconds per round], [final loss per round])}."""
+        results = {row.name: ([], []) for row in rows}
+        for r in range(rounds):
+            self.log(f"  {name}: round {r + 1}/{rounds}")
+            for row in rotated(rows, r):
+                if row.variant == "process":
+                    seconds, loss = self._process_run(name, row)
+                    wait_until_idle()
+                else:
+                    worker = self.worker(row.library)
+                    seconds, loss = worker.ask("run", (name, row.name))
+                    self.spins[row.library].append(wait_until_idle(worker))
+                results[row.name][0].append(seconds)
+                results[row.name][1].append(loss)
+        return results
+
+    def warm_processes(self, name, rows):
+        """One untimed run of each whole-process row (fills fastbp's Numba cache and every
+        library's files into the page cache); returns the rows that ran."""
+        ready = []
+        for row in rows:
+            try:
+                if installed(row.library):
+                    self._process_run(name, row)
+                    ready.append(row)
+                else:
+                    self.notes.append(f"{name}: {row.name} left out (not installed)")
+            except WorkerError as error:
+                self.notes.append(f"{name}: {row.name} left out ({error})")
+            wait_until_idle()
+        return ready
+
+    def _process_run(self, name, row):
+        return run_process(row.library, name if name in W.PROCESS_SPECS else "xor")
+
+    def workload(self, name, rounds):
+        """Measure one workload; returns (rows that ran, results)."""
+        rows = WORKLOADS[name].rows
+        if rows is PROCESS_ROWS:
+            rows = self.warm_processes(name, rows)
+        else:
+            rows = self.setup(name, rows)
+        if not any(row.name == WORKLOADS[name].base for row in rows):
+            self.notes.append(f"{name}: skipped, its base row did not set up")
+            return rows, {}
+        return rows, self.measure(name, rows, rounds)
+
+
+def run_process(library, workload, env=None):
+    """Seconds for one whole ``_bench_workers.py --process`` run, and the loss it printed."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, WORKER, "--process", library, workload], env=env,
+                         capture_output=True, text=True, cwd=tempfile.gettempdir())
+    seconds = time.perf_counter() - start
+    if out.returncode:
+        raise WorkerError(f"{library} --process {workload} failed:\n{out.stderr[-2000:]}")
+    return seconds, float(out.stdout.split("loss", 1)[1])
+
+
+# --------------------------------------------------------------------- the report
+
+def table_rows(name, rows, results):
+    """Markdown rows of one workload: the base row's time in the second column, one line
+    per other row, and a GEMM-rate line (fraction of the rate per round) when it has one."""
+    w = WORKLOADS[name]
+    base_times, base_losses = results[w.base]
+    base = statistics.median(base_times)
+    lines = []
+    for row in rows:
+        if row.name == w.base:
+            continue
+        times, losses = results[row.name]
+        if row is GEMM:
+            rate = [w.flops / f / (2 * _prod(GEMM_SHAPE) / g) for f, g in zip(base_times, times)]
+            lines.append(f"| {row.name} {'x'.join(map(str, GEMM_SHAPE))}: fastbp "
+                         f"{w.flops / base / 1e9:.1f} of "
+                         f"{2 * _prod(GEMM_SHAPE) / statistics.median(times) / 1e9:.1f} "
+                         f"GFLOP/s | {fmt_time(statistics.median(times))} | "
+                         f"{statistics.median(rate):.0%} | {min(rate):.0%}-{max(rate):.0%} | - |")
+            continue
+        median, ratio, low, high = ratio_stats(times, base_times)
+        lines.append(f"| {row.name} | {fmt_time(median)} | {ratio:.2f} | {low:.2f}-{high:.2f} "
+                     f"| {fmt_loss(base_losses[-1])} / {fmt_loss(losses[-1])} |")
+    head = f"| {w.label} | {w.base}: {fmt_time(base)} "
+    if not lines:
+        return [head + "| - | - | - | - | " + fmt_loss(base_losses[-1]) + " |"]
+    return [head + lines[0]] + ["|  |  " + line for line in lines[1:]]
+
+
+def _prod(values):
+    out = 1
+    for v in values:
+        out *= v
     return out
 
 
-# --------------------------------------------------------------------- workloads
-
-@workload("xor", "XOR 2-8-4-1, 400 full-batch epochs, float64")
-def _xor(quick):
-    return _competitors([2, 8, 4, 1], ["Relu", "Sigmoid", "Sigmoid"], np.float64, XOR_X,
-                        XOR_Y, "MSE", 0.6, 400, None), None
-
-
-@workload("digits", "digits epoch 64-128-64-10, batch 32, 56 steps, float32, SGD")
-def _digits(quick):
-    x, y = _data(56 * 32, 64, 10, np.float32)
-    return _competitors([64, 128, 64, 10], ["Relu", "Relu", "Softmax"], np.float32, x, y,
-                        "CategoricalCrossentropy", 1e-3, 1, 32), None
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
-@workload("medium", "medium step 784-256-256-10, batch 128, float32")
-def _medium(quick):
-    x, y = _data(128, 784, 10, np.float32)
-    return _competitors([784, 256, 256, 10], ["Relu", "Relu", "Softmax"], np.float32, x, y,
-                        "CategoricalCrossentropy", 1e-4, 1, 128), None
+def cpu_model():
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
-def _large(dtype):
-    def make(quick):
-        sizes = [784, 2048, 2048, 10]
-        x, y = _data(512, 784, 10, dtype)
-        params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-        return _competitors(sizes, ["Relu", "Relu", "Softmax"], dtype, x, y,
-                            "CategoricalCrossentropy", 1e-4, 1, 512), 6 * 512 * params
-    return make
+def header(command, rounds, steal):
+    versions = ", ".join(f"{d} {_version(d)}" for d in
+                         ("numpy", "numba", "scipy", "torch", "jax", "jaxlib"))
+    return [f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"machine: {cpu_model()}, {os.cpu_count()} cores; Python "
+            f"{platform.python_version()}; {versions}",
+            f"CPU steal during the run: {steal:.1f}% (of all CPU time, from /proc/stat)",
+            f"{rounds} interleaved rounds, order rotated each round; each library in its own "
+            f"worker process, one at a time, each run followed by an idle gap (until the "
+            f"worker's CPU time stops growing, at least {MIN_GAP} s)",
+            "time = median over rounds; ratio = row's time / the base row's (fastbp) time in "
+            "the same round, median and min-max over rounds, above 1 = fastbp faster; final "
+            "losses = base / row, per row of the training set, after the timed run "
+            "(softmax: sum of the squared input gradient)",
+            LR_NOTE, ""]
 
 
-workload("large32", "large step 784-2048-2048-10, batch 512, float32")(_large(np.float32))
-workload("large64", "large step 784-2048-2048-10, batch 512, float64")(_large(np.float64))
+TABLE_HEAD = ["| workload | base: time | competitor | time | ratio | ratio min-max "
+              "| final loss (base / row) |", "|---|---:|---|---:|---:|---:|---|"]
 
 
-@workload("softmax", "softmax backward N=512, n=1000, float64")
-def _softmax(quick):
-    from . import layers
-    rng = np.random.default_rng(0)
-    z, g = rng.standard_normal((512, 1000)), rng.standard_normal((512, 1000))
-    fast, ref = layers.Softmax(), _ref().layers.Softmax()
-    fast(z)
-    ref(z)
-    fast.backward(g)
-    out = {"fastbp": lambda: fast.backward(g), "reference": lambda: ref.backward(g)}
-    if _installed("torch"):
-        import torch
-        zt = torch.tensor(z, requires_grad=True)
-        gt = torch.tensor(g)
-        pt = torch.softmax(zt, dim=1)
-
-        def torch_backward():
-            torch.autograd.grad(pt, zt, gt, retain_graph=True)
-        out["pytorch"] = torch_backward
-    return out, None
-
-
-_PROCESS = {
-    "fastbp": "from fastbp import layers, loss, optim",
-    "reference": ("import importlib.util, sys, os\n"
-                  "spec = importlib.util.spec_from_file_location('ref', {path!r}, "
-                  "submodule_search_locations=[os.path.dirname({path!r})])\n"
-                  "ref = importlib.util.module_from_spec(spec); sys.modules['ref'] = ref\n"
-                  "spec.loader.exec_module(ref)\n"
-                  "layers, loss, optim = ref.layers, ref.loss, ref.optim"),
-}
-_FIRST_STEP = ("import numpy as np\n"
-               "x = np.array([[0, 1], [0, 0], [1, 1], [1, 0]]); y = np.array([[1], [0], [0], [1]])\n"
-               "np.random.seed(0)\n"
-               "net = layers.Model([layers.Linear(8), layers.Relu(), layers.Linear(4), "
-               "layers.Sigmoid(), layers.Linear(1), layers.Sigmoid()])\n"
-               "net.train(x, y, optim.SGD(lr=0.6), loss.MSE(), epochs=1{kw})\n")
-
-
-def _process_code(impl):
-    path = os.path.join(os.path.dirname(__file__), "reference", "__init__.py")
-    head = _PROCESS[impl].format(path=path)
-    return head + "\n" + _FIRST_STEP.format(kw=", verbose=False" if impl == "fastbp" else "")
-
-
-def _run_process(code, env=None):
-    subprocess.run([sys.executable, "-c", code], check=True, env=env,
-                   cwd=tempfile.gettempdir())
-
-
-@workload("process", "whole process: import + first training step (warm Numba cache)")
-def _process(quick):
-    out = {impl: (lambda c=_process_code(impl): _run_process(c)) for impl in _PROCESS}
-    out["fastbp"]()  # make sure the cache is warm
-    return out, None
-
-
-# --------------------------------------------------------------------- running
-
-def gemm_rate(dtype, n=2048, k=2048, m=512, reps=5):
-    """The machine's GEMM rate (FLOP/s) for this dtype, measured now: the best of NumPy's
-    BLAS and of the BLAS the kernels call (SciPy's, through Numba), best of ``reps``."""
-    from .kernels import matmul
-    rng = np.random.default_rng(0)
-    a, b = rng.random((m, k)).astype(dtype), rng.random((k, n)).astype(dtype)
-    out = np.empty((m, n), dtype)
-    best = float("inf")
-    for fn in (lambda: np.dot(a, b, out), lambda: matmul(out, a, b)):
-        fn()
-        best = min(best, min(_timed(fn) for _ in range(reps)))
-    return 2 * m * k * n / best
-
-
-def _timed(fn):
-    """Seconds taken by fn(), or what fn returns when it times itself (a float)."""
-    start = time.perf_counter()
-    own = fn()
-    elapsed = time.perf_counter() - start
-    return own if isinstance(own, float) else elapsed
-
-
-def cold_start_seconds():
-    """``fastbp xor`` as a whole process with an empty Numba cache, then a warm one."""
-    code = "from fastbp.cli import main; main(['xor', '--quiet'])"
-    env = dict(os.environ)
-    with tempfile.TemporaryDirectory() as cache:
-        env["NUMBA_CACHE_DIR"] = cache
-        cold = _timed(lambda: subprocess.run([sys.executable, "-c", code], check=True,
-                                             env=env, capture_output=True,
-                                             cwd=tempfile.gettempdir()))
-        warm = min(_timed(lambda: subprocess.run([sys.executable, "-c", code], check=True,
-                                                 env=env, capture_output=True,
-                                                 cwd=tempfile.gettempdir()))
-                   for _ in range(3))
-    return cold, warm
-
-
-def run(names, rounds, out=print):
-    out(f"fastbp bench: {rounds} interleaved rounds; times are medians; 'ratio' is the "
-        f"competitor's time / fastbp's (above 1 = fastbp faster), median of per-round ratios")
-    out(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, NumPy {np.__version__}, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}")
-    out("")
-    out(f"| workload | {'fastbp':>10} | competitor | {'time':>10} | {'ratio':>8} |")
-    out("|---|---:|---|---:|---:|")
-    results = {}
-    for name in names:
-        label, make = WORKLOADS[name]
-        competitors, flops = make(rounds < 5)
-        times = {impl: [] for impl in competitors}
-        order = list(competitors)
-        for r in range(rounds):
-            # Rotate who goes first, and pause between runs: thread pools (OpenBLAS, OpenMP,
-            # TBB, Eigen) spin for a while after their work and would otherwise slow down
-            # whichever competitor runs next.
-            for impl in order[r % len(order):] + order[:r % len(order)]:
-                time.sleep(PAUSE)
-                times[impl].append(_timed(competitors[impl]))
-        fast = statistics.median(times["fastbp"])
-        rows = []
-        for impl, ts in times.items():
-            if impl == "fastbp":
-                continue
-            ratio = statistics.median(t / f for t, f in zip(ts, times["fastbp"]))
-            rows.append((impl, statistics.median(ts), ratio))
-        for i, (impl, t, ratio) in enumerate(rows):
-            first = f"{label} | {_fmt(fast)}" if i == 0 else " | "
-            out(f"| {first} | {impl} | {_fmt(t)} | {ratio:8.2f} |")
-        if flops:
-            dtype = np.float32 if name.endswith("32") else np.float64
-            rate = gemm_rate(dtype)
-            out(f"|  |  | GEMM rate | {flops / fast / 1e9:.1f} of {rate / 1e9:.1f} GFLOP/s "
-                f"| {flops / fast / rate:8.0%} |")
-        results[name] = times
+def run(names, rounds, command="fastbp bench", out=print):
+    """Measure the named workloads, print the report; returns {workload: results}."""
+    stat_before = _read("/proc/stat")
+    bench = Bench()
+    lines, results = [], {}
+    try:
+        for name in names:
+            bench.log(f"{name}: setting up")
+            rows, results[name] = bench.workload(name, rounds)
+            if results[name]:
+                lines += table_rows(name, rows, results[name])
+                lines += _overhead_line(name, results[name])
+    finally:
+        bench.close()
+    stat_after = _read("/proc/stat")
+    steal = steal_percent(stat_before, stat_after) if stat_before and stat_after else float("nan")
+    for line in header(command, rounds, steal) + TABLE_HEAD + lines:
+        out(line)
+    spins = [f"{lib} {1e3 * statistics.median(s):.0f} ms (max {1e3 * max(s):.0f})"
+             for lib, s in bench.spins.items() if s]
+    if spins:
+        out("")
+        out("Thread pools kept spinning after a run, median: " + ", ".join(spins))
+    for note in bench.notes:
+        out(f"note: {note}")
     return results
 
 
-def _fmt(seconds):
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:8.1f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:8.2f} ms"
-    return f"{seconds:8.2f} s "
+def _overhead_line(name, results):
+    """train-overhead: train()'s fixed cost per call, the median per-round difference."""
+    if name != "train-overhead":
+        return []
+    (train, _), (plan, _) = results["fastbp train()"], results["fastbp compiled plan call"]
+    cost = statistics.median(t - p for t, p in zip(train, plan))
+    return [f"|  |  | train()'s fixed cost per call | {fmt_time(cost)} | - | - | - |"]
+
+
+# --------------------------------------------------------------------- cold start
+
+def cold_entries():
+    """(label, Numba cache, argv) of every whole process ``--cold`` times: ``fastbp xor``
+    and ``fastbp train digits --epochs 1`` with an empty and a warm cache; the
+    reference's and (when installed) PyTorch's and JAX's XOR and digits first step."""
+    cli = [sys.executable, "-m", "fastbp.cli"]
+    entries = [(label, cache, cli + argv) for label, argv in
+               (("fastbp xor", ["xor", "--quiet"]),
+                ("fastbp train digits --epochs 1 --quiet",
+                 ["train", "digits", "--epochs", "1", "--quiet"]))
+               for cache in ("empty", "warm")]
+    for library in ("reference", "torch", "jax"):
+        if installed(library):
+            entries += [(f"{library}: {wl} first step (_bench_workers.py --process)", "-",
+                         [sys.executable, WORKER, "--process", library, wl])
+                        for wl in ("xor", "digits")]
+    return entries
+
+
+def cold_start(runs, out=print, entries=None):
+    """Time the whole processes of ``entries`` (default ``cold_entries()``), interleaved
+    with a rotating order, ``runs`` each; an "empty" entry gets a new NUMBA_CACHE_DIR per
+    run, a "warm" one a cache filled by an untimed run first."""
+    entries = cold_entries() if entries is None else entries
+    times = {entry[:2]: [] for entry in entries}
+    with tempfile.TemporaryDirectory() as root:
+        warm = os.path.join(root, "warm")
+        for _, cache, argv in entries:
+            if cache == "warm":
+                _timed_process(argv, warm)
+        for r in range(runs):
+            print(f"  cold start: round {r + 1}/{runs}", file=sys.stderr, flush=True)
+            for label, cache, argv in rotated(entries, r):
+                folder = tempfile.mkdtemp(dir=root) if cache == "empty" else warm
+                times[label, cache].append(_timed_process(argv, folder))
+                wait_until_idle()
+    out("")
+    out(f"Whole processes, {runs} interleaved runs each (median, min-max):")
+    out("")
+    out("| process | Numba cache | median | min-max |")
+    out("|---|---|---:|---:|")
+    for (label, cache), ts in times.items():
+        out(f"| {label} | {cache} | {fmt_time(statistics.median(ts))} | "
+            f"{fmt_time(min(ts))}-{fmt_time(max(ts))} |")
+
+
+def _timed_process(argv, cache_dir):
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, JAX_PLATFORMS="cpu")
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, env=env, capture_output=True, cwd=tempfile.gettempdir())
+    return time.perf_counter() - start
 
 
 def main(args):
@@ -380,9 +510,9 @@ def main(args):
     if unknown:
         raise SystemExit(f"fastbp bench: unknown workload(s) {unknown}; choose from "
                          f"{list(WORKLOADS)}")
-    rounds = args.rounds or (3 if args.quick else 9)
-    run(names, rounds)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
+    command = "fastbp " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
+        "fastbp bench"
+    run(names, rounds, command)
     if args.cold:
-        cold, warm = cold_start_seconds()
-        print(f"\n`fastbp xor` whole process: empty Numba cache {cold:.1f} s, warm cache "
-              f"{warm:.2f} s")
+        cold_start(2 if args.quick else 3)

@@ -115,13 +115,17 @@ def main(argv=None):
     p.add_argument("--plot", metavar="PATH", help="write a loss/accuracy curve PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=train)
-    p = sub.add_parser("bench", help="time the speed workloads against the competitors")
-    p.add_argument("workloads", nargs="*", help="subset of: xor digits medium large32 "
-                   "large64 softmax process (default: all)")
-    p.add_argument("--quick", action="store_true", help="3 rounds instead of 9")
+    p = sub.add_parser("bench", help="time the speed workloads against the competitors, "
+                       "each library in its own worker process")
+    p.add_argument("workloads", nargs="*", help="subset of: xor digits digits-adam medium "
+                   "medium64 large32 large64 softmax layerwise train-overhead process "
+                   "(default: all)")
+    p.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
     p.add_argument("--rounds", type=int, help="interleaved rounds")
     p.add_argument("--cold", action="store_true",
-                   help="also time `fastbp xor` with an empty Numba cache")
+                   help="also time whole processes (`fastbp xor`, `fastbp train digits "
+                   "--epochs 1`) with an empty and a warm Numba cache, and the "
+                   "competitors' first steps")
     p.set_defaults(run=bench)
     p = sub.add_parser("warmup", help="compile every kernel now (kept in Numba's cache)")
     p.add_argument("--report", action="store_true",
