@@ -85,9 +85,10 @@ class Plan:
         return losses[:done].tolist()
 
     def predict(self, x):
+        # Activation buffers of its own per call: predict is safe from many threads at once.
         out = np.empty((len(x), int(self.spec[-1, 3])), self.model.dtype)
-        K.plan_predict(self.spec, self.a_off, self.model.params, x, self.batch, self.acts,
-                       self.xb, out)
+        K.plan_predict(self.spec, self.a_off, self.model.params, x, self.batch,
+                       np.empty_like(self.acts), np.empty_like(self.xb), out)
         return out
 
 

@@ -1,0 +1,524 @@
+"""Issue 10, hardening round 2: state that stays consistent (Ctrl-C, shared or changed
+layers, shared optimizers, threads), the fused pairs at saturation against the reference,
+loss and val_loss on one scale, files that cannot hurt, messages instead of tracebacks.
+
+Whatever can crash, hang or needs signals or environment variables runs in a child
+process (``cwd=tmp_path``, so the source folder cannot shadow the installed package).
+"""
+import gc
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import data, io, layers, loss, optim
+from fastbp.reference import layers as R
+from fastbp.reference import loss as RL
+from fastbp.reference import optim as RO
+from conftest import assert_close
+
+
+def _child(tmp_path, code, env=None, timeout=300):
+    """Run ``code`` in a fresh interpreter and return its stdout; fail unless it exits 0."""
+    full_env = dict(os.environ, PYTHONFAULTHANDLER="1", **(env or {}))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path,
+                         env=full_env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, (f"child exited with {out.returncode}\n--- stdout\n"
+                                 f"{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-5000:]}")
+    return out.stdout
+
+
+def _data(n=24, n_in=3, n_out=2, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_in)), np.eye(n_out)[rng.integers(0, n_out, n)]
+
+
+def _linear(units, n_in, seed, dtype=np.float64):
+    """A built Linear with weights from ``seed`` (not from the global generator)."""
+    lin = layers.Linear(units, init="xavier", rng=np.random.default_rng(seed))
+    lin.build(n_in, dtype)
+    lin.b = np.random.default_rng(seed + 100).standard_normal(units) * 0.1
+    return lin
+
+
+def _reference_of(model):
+    """A reference Model with the same layers and current weights as fastbp ``model``."""
+    stack = []
+    for layer in model.layers:
+        if isinstance(layer, layers.Linear):
+            ref = R.Linear(layer.units, dtype=model.dtype)
+            ref.w, ref.b, ref.initialized = layer.w.copy(), layer.b.copy(), True
+            stack.append(ref)
+        else:
+            stack.append(getattr(R, type(layer).__name__)())
+    return R.Model(stack, dtype=model.dtype)
+
+
+def _linear_weights(model):
+    return [a for l in model.layers if hasattr(l, "w") for a in (l.w, l.b)]
+
+
+class _SlowSGD(optim.SGD):
+    """A custom optimizer (same update as SGD): forces the layer-by-layer path."""
+
+
+# ================================================== 1. Ctrl-C leaves a consistent state
+
+INTERRUPT_CODE = """
+    import signal, threading, time
+    import numpy as np
+    from fastbp import layers, loss, optim
+
+    class Tanh2(layers.Activation):   # a custom layer: the layer-by-layer path
+        def __call__(self, x):
+            self.out = np.tanh(x)
+            return self.out
+        def backward(self, g):
+            return g * (1 - self.out ** 2)
+
+    def net():
+        rng = np.random.default_rng(0)
+        act = Tanh2() if PATH == "layerwise" else layers.Tanh()
+        return layers.Model([layers.Linear(16, init="he", rng=rng), act,
+                             layers.Linear(3, init="xavier", rng=rng), layers.Softmax()])
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((256, 8))
+    y = np.eye(3)[rng.integers(0, 3, 256)]
+    kw = dict(loss=loss.CategoricalCrossentropy(), batch_size=32, shuffle=False,
+              verbose=False)
+    steps_per_epoch = 256 // 32
+
+    m, opt = net(), optim.Adam(lr=1e-3)
+    m.train(x, y, optim=opt, epochs=1, **kw)          # compile before the timer starts
+    threading.Timer(0.7, signal.raise_signal, (signal.SIGINT,)).start()
+    try:
+        m.train(x, y, optim=opt, epochs=10**7, **kw)
+        raise SystemExit("training was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    done = 1 + len(m.history)
+    assert done > 1 and opt.t == done * steps_per_epoch, (done, opt.t)
+    assert all(np.isfinite(m.history))
+    m.train(x, y, optim=opt, epochs=3, **kw)           # resume
+
+    straight, opt2 = net(), optim.Adam(lr=1e-3)
+    straight.train(x, y, optim=opt2, epochs=done + 3, **kw)
+    assert opt2.t == opt.t
+    np.testing.assert_allclose(m.params, straight.params, rtol=1e-12, atol=0)
+    for a, b in zip(opt.state["flat"], opt2.state["flat"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    print("ok", done)
+"""
+
+
+@pytest.mark.parametrize("path", ["plan", "layerwise"])
+def test_ctrl_c_leaves_weights_state_t_and_history_describing_the_same_steps(tmp_path, path):
+    out = _child(tmp_path, f"PATH = {path!r}\n" + textwrap.dedent(INTERRUPT_CODE))
+    assert out.startswith("ok")
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_handlers_are_restored(tmp_path):
+    code = """
+        import signal
+        import numpy as np
+        from fastbp import layers, loss, optim
+
+        class Stuck(layers.Activation):   # a custom layer that asks for two Ctrl-C
+            def __call__(self, x):
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
+                return x
+            def backward(self, g):
+                return g
+
+        m = layers.Model([layers.Linear(2), Stuck()])
+        try:
+            m.train(np.ones((4, 3)), np.ones((4, 2)), epochs=5, verbose=False)
+        except KeyboardInterrupt:
+            print("interrupted", len(m.history))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    """
+    assert _child(tmp_path, code).split() == ["interrupted", "0"]
+
+
+# ====================================== 2. a Linear belongs to one model; layers may change
+
+def test_a_linear_already_in_another_model_is_refused_by_name():
+    x, y = _data()
+    lin = layers.Linear(2)
+    a = layers.Model([lin])
+    a.train(x, y, epochs=2, verbose=False)
+    with pytest.raises(ValueError, match=r"layer 0 \(Linear\(2\)\) already belongs to "
+                                         r"another Model.*use a new Linear"):
+        layers.Model([lin])
+    np.testing.assert_array_equal(a.predict(x), a(x))  # a is untouched
+    del a
+    gc.collect()
+    layers.Model([lin])  # free again once its model is gone
+
+
+def test_a_layer_used_twice_in_one_model_is_refused():
+    t = layers.Linear(3)
+    with pytest.raises(ValueError, match=r"layer 2 \(Linear\(3\)\) is the same object as "
+                                         r"layer 0.*new instance"):
+        layers.Model([t, layers.Tanh(), t])
+    r = layers.Relu()
+    with pytest.raises(ValueError, match="layer 2 .*same object as layer 0"):
+        layers.Model([r, layers.Linear(3), r])
+
+
+def test_model_none_or_empty_is_refused_at_construction():
+    with pytest.raises(TypeError, match="Model: layers must be a list of layers"):
+        layers.Model(None)
+    with pytest.raises(ValueError, match="Model: the layer list is empty"):
+        layers.Model([])
+
+
+def _train_both(model, x, y, epochs=4):
+    """Train fastbp ``model`` and its reference twin with SGD; compare weights, history."""
+    ref = _reference_of(model)
+    got = model.train(x, y, optim=optim.SGD(lr=0.05), loss=loss.MSE(), epochs=epochs,
+                      verbose=False)
+    want = ref.train(x, y, optim=RO.SGD(lr=0.05), loss=RL.MSE(), epochs=epochs)
+    assert_close(got, want, np.float64)
+    for a, b in zip(_linear_weights(model), _linear_weights(ref)):
+        assert_close(a, b, np.float64)
+    assert_close(model.predict(x), ref(x), np.float64)
+    np.testing.assert_array_equal(model.predict(x), model(x))
+
+
+def test_a_linear_replaced_after_training_is_the_one_trained():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    m.train(x, y, optim=optim.SGD(lr=0.05), epochs=3, verbose=False)
+    old = m.layers[0]
+    m.layers[0] = _linear(4, 3, 7)
+    _train_both(m, x, y)
+    assert np.shares_memory(m.layers[0].w, m.params)
+    assert not np.shares_memory(old.w, m.params)
+    layers.Model([old])  # taken out of m: free for another model
+
+
+def test_layers_appended_or_removed_after_training_rebuild_the_buffers():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(3, 4, 1)])
+    m.train(x, y[:, :1].repeat(3, 1), epochs=2, verbose=False)
+    m.layers += [layers.Tanh(), _linear(2, 3, 2)]      # append, already built
+    _train_both(m, x, y)
+    assert m.params.size == (3 * 4 + 4) + (4 * 3 + 3) + (3 * 2 + 2)
+    m.layers.append(layers.Linear(2))                  # append, built by the next call
+    np.random.seed(3)
+    assert m.predict(x).shape == (len(x), 2)
+    _train_both(m, x, y)
+    del m.layers[-2:]                                  # remove
+    del m.layers[-1]
+    _train_both(m, x, y[:, :1].repeat(3, 1))
+    assert m.params.size == (3 * 4 + 4) + (4 * 3 + 3)
+
+
+def test_a_stateful_optimizer_refuses_a_model_whose_layers_changed():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    opt = optim.Adam(lr=0.01)
+    m.train(x, y, optim=opt, epochs=2, verbose=False)
+    m.layers[0] = _linear(4, 3, 5)
+    with pytest.raises(ValueError, match="parameters were rebuilt.*new optimizer"):
+        m.train(x, y, optim=opt, epochs=1, verbose=False)
+
+
+# ================================= 3. the fused pairs agree with the reference at saturation
+
+def _saturated_pair(out_layer, n_out, dtype=np.float64):
+    lin = layers.Linear(n_out)
+    lin.build(2, dtype)
+    lin.w = [[40.0, -40.0], [0.0, 0.0]] if n_out == 2 else [[40.0], [0.0]]
+    lin.b = np.zeros(n_out)
+    return layers.Model([lin, out_layer()], dtype=dtype)
+
+
+@pytest.mark.parametrize("out_layer, the_loss, y, want", [
+    (layers.Softmax, "CategoricalCrossentropy", [[0, 1]], [[39.9, -39.9], [0, 0]]),
+    (layers.Sigmoid, "BinaryCrossentropy", [[0]], [[39.9], [0]]),
+])
+@pytest.mark.parametrize("route", ["plan", "layerwise", "reference"])
+def test_one_sgd_step_at_saturation_is_p_minus_y(out_layer, the_loss, y, want, route):
+    """p = softmax([40, -40]) = [1, 4e-35] against y = [0, 1]: the gradient w.r.t. the
+    logits is p - y = [1, -1], so w[0] moves by 0.1 (the clipped loss would give ~0)."""
+    x, y = np.array([[1.0, 0.0]]), np.array(y, np.float64)
+    m = _saturated_pair(out_layer, y.shape[1])
+    if route == "reference":
+        ref = _reference_of(m)
+        ref.train(x, y, optim=RO.SGD(lr=0.1), loss=getattr(RL, the_loss)(), epochs=1)
+        w = ref.layers[0].w
+    else:
+        opt = optim.SGD(lr=0.1) if route == "plan" else _SlowSGD(lr=0.1)
+        m.train(x, y, optim=opt, loss=getattr(loss, the_loss)(), epochs=1, verbose=False)
+        w = m.layers[0].w
+    np.testing.assert_allclose(w, want, rtol=1e-12, atol=1e-12)
+
+
+def _saturated_net(dtype):
+    rng = np.random.default_rng(3)
+    return layers.Model([layers.Linear(30, init="he", rng=rng), layers.Relu(),
+                         layers.Linear(20, init="he", rng=rng), layers.Relu(),
+                         layers.Linear(4, init="he", rng=rng), layers.Softmax()], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_saturated_softmax_net_trains_alike_on_plan_layerwise_and_reference(dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 6)) * 30       # logits in the hundreds: p < eps is common
+    y = np.eye(4)[rng.integers(0, 4, 64)]
+    nets = [_saturated_net(dtype) for _ in range(2)]
+    probs = nets[0].predict(x)
+    assert (probs < RL.clip_eps(dtype)).mean() > 0.2   # saturated from the start
+    ref = _reference_of(nets[0])
+    kw = dict(loss=loss.CategoricalCrossentropy(), epochs=20, batch_size=16, seed=0,
+              verbose=False)
+    h_plan = nets[0].train(x, y, optim=optim.SGD(lr=1e-3), **kw)
+    h_slow = nets[1].train(x, y, optim=_SlowSGD(lr=1e-3), **kw)
+    h_ref = ref.train(x, y, optim=RO.SGD(lr=1e-3), loss=RL.CategoricalCrossentropy(),
+                      epochs=20, batch_size=16, seed=0)
+    assert_close(h_plan, h_ref, dtype)
+    assert_close(h_slow, h_ref, dtype)
+    for a, b, c in zip(_linear_weights(nets[0]), _linear_weights(nets[1]),
+                       _linear_weights(ref)):
+        assert_close(a, c, dtype)
+        assert_close(b, c, dtype)
+    assert h_ref[-1] < 0.5 * h_ref[0]   # and the saturated net does learn
+
+
+# ================================================ 4. optimizer state bound to its model
+
+@pytest.mark.parametrize("name", ["Momentum", "RMSProp", "Adam"])
+def test_a_stateful_optimizer_refuses_a_second_model_like_the_reference(name):
+    x, y = _data()
+    a = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    b = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    ra, rb = _reference_of(a), _reference_of(b)
+    opt, ropt = getattr(optim, name)(lr=0.01), getattr(RO, name)(lr=0.01)
+    a.train(x, y, optim=opt, epochs=2, verbose=False)
+    ra.train(x, y, optim=ropt, epochs=2)
+    before = b.predict(x)
+    with pytest.raises(ValueError, match=rf"{name}\(lr=0.01\) already holds the state of "
+                                         rf"another model.*one optimizer per model"):
+        b.train(x, y, optim=opt, epochs=1, verbose=False)
+    with pytest.raises(ValueError, match="another model"):
+        rb.train(x, y, optim=ropt, epochs=1)
+    np.testing.assert_array_equal(b.predict(x), before)   # refused before any step
+    mse = loss.MSE()
+    mse(b(x), y)
+    with pytest.raises(ValueError, match="another model"):
+        opt(b, mse)                                   # called directly, as the original
+    # reset() hands it to b, which then trains exactly as with a new optimizer
+    opt.reset()
+    b.train(x, y, optim=opt, epochs=3, verbose=False)
+    fresh = getattr(RO, name)(lr=0.01)
+    rb.train(x, y, optim=fresh, epochs=3)
+    for p, q in zip(_linear_weights(b), _linear_weights(rb)):
+        assert_close(p, q, np.float64)
+
+
+def test_sgd_keeps_no_state_and_may_serve_several_models():
+    x, y = _data()
+    a = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    b = layers.Model([_linear(4, 3, 2), layers.Tanh(), _linear(2, 4, 3)])
+    ra, rb = _reference_of(a), _reference_of(b)
+    opt, ropt = optim.SGD(lr=0.1), RO.SGD(lr=0.1)
+    for m, r in ((a, ra), (b, rb), (a, ra)):
+        m.train(x, y, optim=opt, epochs=2, verbose=False)
+        r.train(x, y, optim=ropt, epochs=2)
+        for p, q in zip(_linear_weights(m), _linear_weights(r)):
+            assert_close(p, q, np.float64)
+
+
+def test_loaded_optimizer_state_must_match_the_model(tmp_path):
+    x, y = _data()
+    a = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    opt = optim.Adam(lr=0.01)
+    a.train(x, y, optim=opt, epochs=2, verbose=False)
+    fastbp.save(a, tmp_path / "a.npz", opt)
+    other = layers.Model([_linear(5, 3, 0), layers.Tanh(), _linear(2, 5, 1)])
+    with pytest.raises(ValueError, match="state is for 26 parameters, the model has 32"):
+        other.train(x, y, optim=fastbp.load_optimizer(tmp_path / "a.npz"), epochs=1,
+                    verbose=False)
+    resumed = fastbp.load(tmp_path / "a.npz")    # the matching model resumes exactly
+    resumed.train(x, y, optim=fastbp.load_optimizer(tmp_path / "a.npz"), epochs=2,
+                  verbose=False)
+    a.train(x, y, optim=opt, epochs=2, verbose=False)
+    np.testing.assert_array_equal(resumed.params, a.params)
+
+
+# ============================================================ 5. predict from many threads
+
+THREADS_CODE = """
+    import threading
+    import numpy as np
+    from fastbp import layers, loss
+
+    class Tanh2(layers.Activation):
+        def __call__(self, x):
+            self.out = np.tanh(x)
+            return self.out
+        def backward(self, g):
+            return g * (1 - self.out ** 2)
+
+    rng = np.random.default_rng(0)
+    for act in (layers.Tanh, Tanh2):   # compiled plan, then layer by layer
+        m = layers.Model([layers.Linear(256, init="he", rng=rng), act(),
+                          layers.Linear(256, init="he", rng=rng), layers.Relu(),
+                          layers.Linear(10, rng=rng), layers.Softmax()])
+        xs = [rng.standard_normal((200 + 37 * i, 64)) for i in range(4)]
+        ys = [np.eye(10)[rng.integers(0, 10, len(x))] for x in xs]
+        serial = [m.predict(x) for x in xs]
+        serial_loss = [m.evaluate(x, y, loss.CategoricalCrossentropy()) for x, y in zip(xs, ys)]
+        shared_loss = loss.CategoricalCrossentropy()
+        got, errors = {}, []
+
+        def work(i):
+            try:
+                for r in range(20):
+                    got[i, r] = (m.predict(xs[i]), m.evaluate(xs[i], ys[i], shared_loss))
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        bad = sum(not np.array_equal(p, serial[i]) or v != serial_loss[i]
+                  for (i, r), (p, v) in got.items())
+        print(act.__name__, bad, len(got))
+"""
+
+
+def test_predict_and_evaluate_from_four_threads_equal_serial_results_exactly(tmp_path):
+    out = _child(tmp_path, THREADS_CODE).split()
+    assert out == ["Tanh", "0", "80", "Tanh2", "0", "80"]
+
+
+# ================================================== 6. what determinism holds, in float32
+
+FLOAT32_CODE = """
+    import hashlib
+    import numpy as np
+    from fastbp import layers, loss, optim
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 512)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 256)]
+    net = layers.Model([layers.Linear(512, init="he", rng=rng), layers.Relu(),
+                        layers.Linear(10, rng=rng), layers.Softmax()], dtype=np.float32)
+    net.train(x, y, optim.Adam(lr=1e-3), loss.CategoricalCrossentropy(), epochs=2,
+              batch_size=128, seed=0, verbose=False)
+    print(hashlib.sha256(net.params.tobytes()).hexdigest())
+"""
+
+
+def test_float32_is_bitwise_repeatable_for_a_fixed_blas_thread_count(tmp_path):
+    for blas in ("1", "2"):
+        env = {"OPENBLAS_NUM_THREADS": blas, "MKL_NUM_THREADS": blas, "OMP_NUM_THREADS": blas}
+        runs = {_child(tmp_path, FLOAT32_CODE, env) for _ in range(2)}
+        assert len(runs) == 1, (blas, runs)
+
+
+# ========================================= 7. loss and val_loss per sample, on one scale
+
+@pytest.mark.parametrize("make_loss, out", [(loss.CategoricalCrossentropy, layers.Softmax),
+                                            (loss.BinaryCrossentropy, layers.Sigmoid),
+                                            (loss.MSE, layers.Sigmoid)])
+def test_loss_and_val_loss_are_both_per_sample(make_loss, out):
+    """Full batch with the training set as validation set: the loss of epoch e + 1 is taken
+    before its update, so it is the validation loss after epoch e, on the same scale."""
+    x, y = _data(n=40)
+    m = layers.Model([_linear(5, 3, 0), layers.Tanh(), _linear(2, 5, 1), out()])
+    ref = _reference_of(m)
+    first = make_loss()(ref(x), y)   # the reference's loss of the untrained model
+    h = m.train(x, y, optim=optim.SGD(lr=0.01), loss=make_loss(), epochs=4,
+                validation_data=(x, y), verbose=False)
+    assert_close(h[1:], h.history["val_loss"][:-1], np.float64)
+    scale = 1 if make_loss is loss.MSE else len(x)
+    assert_close(h[0], first / scale, np.float64)
+
+
+def test_minibatch_epoch_loss_is_the_mean_over_samples_like_the_reference():
+    x, y = _data(n=50)   # batches of 16, 16, 16, 2
+    m = layers.Model([_linear(5, 3, 0), layers.Tanh(), _linear(2, 5, 1), layers.Softmax()])
+    ref = _reference_of(m)
+    h = m.train(x, y, optim=optim.SGD(lr=0.01), loss=loss.CategoricalCrossentropy(),
+                epochs=3, batch_size=16, seed=2, verbose=False)
+    hr = ref.train(x, y, optim=RO.SGD(lr=0.01), loss=RL.CategoricalCrossentropy(),
+                   epochs=3, batch_size=16, seed=2)
+    assert_close(h, hr, np.float64)
+    assert 0.3 < h[0] < 3   # per sample: about log(2) for two classes, not 16 * that
+
+
+# ====================================================================== 12. API misuse
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(optim=optim.SGD), r"optim must be an instance, not the class SGD; pass an "
+                            r"instance, e.g. optim.SGD\(lr=0.01\)"),
+    (dict(optimizer=optim.Adam), r"not the class Adam.*optim.SGD\(lr=0.01\)"),
+    (dict(loss=loss.MSE), r"loss must be an instance, not the class MSE.*loss.MSE\(\)"),
+])
+def test_classes_instead_of_instances_are_refused_with_the_fix(kwargs, match):
+    x, y = _data()
+    with pytest.raises(TypeError, match=match):
+        layers.Model([layers.Linear(2)]).train(x, y, epochs=1, verbose=False, **kwargs)
+    with pytest.raises(TypeError, match=r"loss must be an instance.*loss.MSE\(\)"):
+        layers.Model([layers.Linear(2)]).evaluate(x, y, loss=loss.MSE)
+
+
+class _FortranLayer(layers.Layer):
+    """A custom Linear whose w is Fortran-ordered."""
+
+    def __init__(self, w):
+        self.w = np.asfortranarray(w)
+        self.b = np.zeros(w.shape[1])
+
+    def __call__(self, x):
+        self.x = x
+        return x @ self.w + self.b
+
+    def backward(self, g):
+        self.w_gradient, self.b_gradient = self.x.T @ g, g.sum(0)
+        return g @ self.w.T
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_a_custom_layer_with_fortran_ordered_w_is_updated_like_the_reference(name):
+    x, y = _data()
+    w = np.random.default_rng(5).standard_normal((3, 2))
+    m = layers.Model([_FortranLayer(w)])
+    ref = R.Model([R.Linear(2)])
+    ref.layers[0].w, ref.layers[0].b, ref.layers[0].initialized = w.copy(), np.zeros(2), True
+    h = m.train(x, y, optim=getattr(optim, name)(lr=0.05), epochs=3, verbose=False)
+    hr = ref.train(x, y, optim=getattr(RO, name)(lr=0.05), epochs=3)
+    assert_close(h, hr, np.float64)
+    assert_close(m.layers[0].w, ref.layers[0].w, np.float64)
+    assert not np.allclose(m.layers[0].w, w)
+
+
+def test_a_custom_layer_with_a_strided_w_is_refused_about_memory_order():
+    x, y = _data()
+    layer = _FortranLayer(np.zeros((3, 2)))
+    layer.w = np.zeros((3, 4))[:, ::2]
+    with pytest.raises(TypeError, match=r"w that is not contiguous in memory.*"
+                                        r"np.ascontiguousarray"):
+        layers.Model([layer]).train(x, y, epochs=1, verbose=False)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, 1, float("nan"), "0.2", True])
+def test_digits_refuses_a_test_fraction_outside_0_1(fraction):
+    with pytest.raises(ValueError, match=r"digits: test_fraction must be a number in \[0, 1\)"):
+        data.digits(test_fraction=fraction)
