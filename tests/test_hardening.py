@@ -522,3 +522,214 @@ def test_a_custom_layer_with_a_strided_w_is_refused_about_memory_order():
 def test_digits_refuses_a_test_fraction_outside_0_1(fraction):
     with pytest.raises(ValueError, match=r"digits: test_fraction must be a number in \[0, 1\)"):
         data.digits(test_fraction=fraction)
+
+
+# ============================================ 9. loading validates before it reads anything
+
+def _saved(tmp_path, with_optimizer=True, dtype=np.float64):
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0, dtype), layers.Tanh(), _linear(2, 4, 1, dtype),
+                      layers.Softmax()], dtype=dtype)
+    opt = optim.Adam(lr=0.01)
+    m.train(x, y, optim=opt, loss=loss.CategoricalCrossentropy(), epochs=2, verbose=False)
+    path = tmp_path / "good.npz"
+    fastbp.save(m, path, opt if with_optimizer else None)
+    return path
+
+
+def _entries(path):
+    """{entry name: array} of an .npz, read with NumPy itself (the test's own reader)."""
+    with np.load(path, allow_pickle=False) as d:
+        return {k: d[k] for k in d.files}
+
+
+def _meta(entries):
+    return json.loads(entries["__fastbp__"].tobytes().decode())
+
+
+def _rewrite(tmp_path, entries, meta=None, name="bad.npz"):
+    entries = dict(entries)
+    if meta is not None:
+        entries["__fastbp__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / name, **entries)
+    return tmp_path / name
+
+
+def _refused(path, match, optimizer=None):
+    with pytest.raises(fastbp.ModelFileError, match=match):
+        fastbp.load(path, optimizer)
+
+
+def test_a_npy_file_and_a_text_file_get_a_clear_model_file_error(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones(3))
+    _refused(tmp_path / "a.npy", "is a single .npy array, not a fastbp model file")
+    (tmp_path / "t.npz").write_text("just some text\n")
+    with pytest.raises(fastbp.ModelFileError, match="not a fastbp model file") as info:
+        fastbp.load(tmp_path / "t.npz")
+    assert "pickle" not in str(info.value)
+    (tmp_path / "e.npz").write_bytes(b"")
+    _refused(tmp_path / "e.npz", "not a fastbp model file")
+    with pytest.raises(fastbp.ModelFileError, match="not a fastbp model file"):
+        fastbp.load_optimizer(tmp_path / "t.npz")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["layers"][0].update(units="abc"), r"layer 0 \(Linear\) units must be an "
+                                                   r"integer >= 1, got 'abc'"),
+    (lambda m: m["layers"][0].update(units=0), "units must be an integer >= 1, got 0"),
+    (lambda m: m["layers"][0].update(n_in=2.5), "n_in must be an integer >= 1, got 2.5"),
+    (lambda m: m["layers"][0].update(init="magic"), "init 'magic' is not one of"),
+    (lambda m: m["layers"][1].update(type="Gelu"), "unknown layer type 'Gelu' at layer 1"),
+    (lambda m: m["layers"].append(7), "malformed architecture: layer 4 is 7"),
+    (lambda m: m.update(layers=[]), "'layers' must be a non-empty list"),
+    (lambda m: m.update(dtype="int8"), "dtype 'int8' is not float32 or float64"),
+    (lambda m: m.update(version=2), "format version 2 is not supported"),
+    (lambda m: m["optimizer"].update(type="Lion"), "unknown optimizer 'Lion'"),
+    (lambda m: m["optimizer"].update(t=-1), "t must be an integer >= 0, got -1"),
+    (lambda m: m["optimizer"]["hyper"].update(lr="fast"), "Adam hyper-parameters must be"),
+    (lambda m: m["optimizer"]["hyper"].update(beta1=2.0), r"bad Adam hyper-parameters"),
+    (lambda m: m["optimizer"].update(state={"flat": 5}), r"Adam state must be"),
+    (lambda m: m["optimizer"].update(state={"0.w": 2}), r"Adam state must be"),
+])
+def test_hand_edited_architectures_are_refused_with_model_file_error(tmp_path, edit, match):
+    entries = _entries(_saved(tmp_path))
+    meta = _meta(entries)
+    edit(meta)
+    path = _rewrite(tmp_path, entries, meta)
+    _refused(path, match)
+    with pytest.raises(fastbp.ModelFileError, match=match):
+        fastbp.load_optimizer(path)
+
+
+def test_inconsistent_widths_are_refused_at_load_not_at_predict(tmp_path):
+    entries = _entries(_saved(tmp_path, with_optimizer=False))
+    meta = _meta(entries)
+    meta["layers"][2].update(n_in=5)
+    entries["layer2.w"] = np.zeros((5, 2))
+    _refused(_rewrite(tmp_path, entries, meta), r"layer 2 \(Linear\) takes 5 inputs but the "
+                                                r"layer before it gives 4")
+
+
+def test_a_huge_architecture_in_a_small_file_allocates_nothing(tmp_path):
+    entries = _entries(_saved(tmp_path, with_optimizer=False))
+    meta = _meta(entries)
+    meta["layers"] = [{"type": "Linear", "units": 10**6, "n_in": 10**6}]
+    path = _rewrite(tmp_path, {"__fastbp__": entries["__fastbp__"],
+                               "layer0.w": entries["layer0.w"],
+                               "layer0.b": entries["layer0.b"]}, meta)
+    assert path.stat().st_size < 4000
+    _refused(path, r"'layer0.w' has shape \(3, 4\) and dtype float64, the architecture "
+                   r"needs \(1000000, 1000000\)")
+
+
+def _header_claiming(path, name, shape):
+    """Rewrite ``path`` so entry ``name`` has a .npy header claiming ``shape`` (8 bytes of
+    data), keeping its other entries."""
+    entries = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            entries[info.filename] = zf.read(info)
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    import io as _io
+    buf = _io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    entries[name] = buf.getvalue() + b"\x00" * 8
+    with zipfile.ZipFile(path, "w") as zf:
+        for entry, raw in entries.items():
+            zf.writestr(entry, raw)
+
+
+def test_an_entry_whose_header_claims_1e12_floats_is_refused_without_reading(tmp_path):
+    path = _saved(tmp_path)
+    entries = _entries(path)
+    meta = _meta(entries)
+    meta["layers"][0].update(n_in=10**6, units=10**6)
+    meta["layers"][2].update(n_in=10**6)
+    meta.pop("optimizer")
+    path = _rewrite(tmp_path, {k: v for k, v in entries.items() if not k.startswith("opt")},
+                    meta)
+    _header_claiming(path, "layer0.w.npy", (10**6, 10**6))
+    _refused(path, r"'layer0.w' declares \d+ bytes, its header and data take 8000000000")
+
+
+def test_a_zip_bomb_in_an_unused_entry_is_refused_before_it_is_inflated(tmp_path):
+    path = _saved(tmp_path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("bomb.npy", "w", force_zip64=True) as f:
+            zero = bytes(1 << 20)
+            for _ in range(64):           # 64 MB of zeros, about 64 KB compressed
+                f.write(zero)
+    assert path.stat().st_size < 2_000_000
+    _refused(path, r"unexpected entries \['bomb.npy'\]")
+
+
+def test_a_bomb_in_a_named_entry_is_refused_by_its_size(tmp_path):
+    """bzip2 packs zeros far tighter than any real weights: 32 MB from a few hundred bytes
+    is refused from the sizes alone (fastbp itself writes entries uncompressed)."""
+    import io as _io
+    n = 2048
+    meta = _meta(_entries(_saved(tmp_path, with_optimizer=False)))
+    meta["layers"] = [{"type": "Linear", "units": n, "n_in": n, "init": "uniform"}]
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as zf:
+        for name, arr in (("__fastbp__", np.frombuffer(json.dumps(meta).encode(), np.uint8)),
+                          ("layer0.w", np.zeros((n, n))), ("layer0.b", np.zeros(n))):
+            buf = _io.BytesIO()
+            np.save(buf, arr)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+    assert path.stat().st_size < 10_000
+    _refused(path, rf"'layer0.w' claims {n * n * 8} bytes from \d+ stored")
+
+
+def test_a_misshapen_optimizer_state_array_is_refused_at_load(tmp_path):
+    entries = _entries(_saved(tmp_path))
+    entries["optim.flat.0"] = entries["optim.flat.0"][:-1]
+    path = _rewrite(tmp_path, entries)
+    with pytest.raises(fastbp.ModelFileError, match=r"'optim.flat.0' has shape \(25,\)"):
+        fastbp.load_optimizer(path)
+    _refused(path, r"'optim.flat.0' has shape \(25,\)", optim.Adam())
+
+
+def test_extra_entries_are_refused(tmp_path):
+    entries = _entries(_saved(tmp_path))
+    entries["notes"] = np.zeros(3)
+    _refused(_rewrite(tmp_path, entries), r"unexpected entries \['notes.npy'\]")
+
+
+# ============================================= 10. saving: mode, symbolic links, messages
+
+def test_a_saved_file_gets_the_mode_np_save_gives(tmp_path):
+    m = layers.Model([_linear(2, 3, 0)])
+    old = os.umask(0o027)
+    try:
+        fastbp.save(m, tmp_path / "a.npz")
+        np.save(tmp_path / "b.npy", np.ones(1))
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.npz").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.npy").stat().st_mode) == 0o640
+    os.chmod(tmp_path / "a.npz", 0o604)          # an existing file keeps its mode
+    fastbp.save(m, tmp_path / "a.npz")
+    assert stat.S_IMODE((tmp_path / "a.npz").stat().st_mode) == 0o604
+
+
+def test_saving_over_a_symbolic_link_writes_its_target(tmp_path):
+    x, _ = _data()
+    m = layers.Model([_linear(2, 3, 0)])
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "model.npz"
+    fastbp.save(layers.Model([_linear(2, 3, 9)]), target)
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+    fastbp.save(m, link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    np.testing.assert_array_equal(fastbp.load(target).predict(x), m.predict(x))
+    assert sorted(os.listdir(tmp_path / "real")) == ["model.npz"]   # no temporary left
+
+
+def test_save_errors_name_the_path_asked_for(tmp_path):
+    m = layers.Model([_linear(2, 3, 0)])
+    path = tmp_path / "no-such-folder" / "m.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        fastbp.save(m, path)
+    assert info.value.filename == str(path) and ".tmp" not in str(info.value)
