@@ -8,6 +8,7 @@ process (``cwd=tmp_path``, so the source folder cannot shadow the installed pack
 import gc
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -733,3 +734,54 @@ def test_save_errors_name_the_path_asked_for(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         fastbp.save(m, path)
     assert info.value.filename == str(path) and ".tmp" not in str(info.value)
+
+
+# ======================================================= 11. the command line's messages
+
+def _cli(capsys, *args):
+    """(exit code, stdout, stderr) of ``fastbp args`` run in this process."""
+    from fastbp import cli
+    try:
+        code = cli.main(list(args)) or 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("args, match", [
+    (("xor", "--epochs", "0"), "argument --epochs: must be an integer >= 1, got 0"),
+    (("xor", "--seed", "-1"), "argument --seed: must be an integer >= 0, got -1"),
+    (("train", "digits", "--batch-size", "0"), "--batch-size: must be an integer >= 1"),
+    (("train", "digits", "--lr", "0"), "argument --lr: must be a finite number > 0, got 0"),
+    (("train", "digits", "--lr", "nan"), "argument --lr: must be a finite number > 0, got nan"),
+    (("train", "digits", "--lr", "fast"), "argument --lr: 'fast' is not a number"),
+    (("train", "spirals", "--seed", "-1"), "argument --seed: must be an integer >= 0"),
+    (("bench", "--rounds", "-2"), "argument --rounds: must be an integer >= 1, got -2"),
+    (("bench", "--rounds", "0"), "argument --rounds: must be an integer >= 1, got 0"),
+    (("train", "spirals", "--plot", "no-such-folder/c.png"), "--plot no-such-folder/c.png: "
+                                                            "cannot write there"),
+])
+def test_bad_command_line_values_are_usage_errors(capsys, args, match):
+    code, out, err = _cli(capsys, *args)
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert out == ""   # refused before any training or benchmark ran
+
+
+def test_divergence_on_the_command_line_is_one_line_and_a_non_zero_exit(capsys):
+    code, out, err = _cli(capsys, "train", "spirals", "--quiet", "--epochs", "3",
+                          "--lr", "1e30")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("fastbp: train: the loss became nan at epoch 1") and "diverged" in err
+
+
+def test_training_that_made_the_loss_worse_warns_and_the_batch_shown_is_effective(capsys):
+    code, out, err = _cli(capsys, "train", "spirals", "--quiet", "--epochs", "5",
+                          "--optimizer", "sgd", "--lr", "3")
+    first, last = (float(v) for v in re.search(r"loss rose from ([0-9.]+) \(epoch 1\) to "
+                                               r"([0-9.]+) \(epoch 5\)", err).groups())
+    assert code == 0 and last > first and len(err.strip().splitlines()) == 1
+    code, out, err = _cli(capsys, "train", "spirals", "--quiet", "--epochs", "2",
+                          "--batch-size", "100000")
+    assert code == 0 and "batch 240," in out and "100000" not in out   # 240 training rows
