@@ -198,8 +198,15 @@ class Model:
         validation_data : (x_val, y_val), evaluated after each epoch.
         verbose : show one progress bar over epochs with the current loss.
 
-        The loss of an epoch is the mean of its batch losses, each taken before its update.
-        Raises FloatingPointError when the loss becomes NaN or Inf.
+        Both the epoch loss and the validation loss are per sample, on one scale: the mean
+        over the samples of the loss before each update (summed losses such as the
+        cross-entropies are divided by the rows; MSE is already a per-sample mean, the
+        epoch's being the mean of its batch means). ``loss(pred, y)`` itself is unchanged.
+        The History is also kept as ``model.history``. Ctrl-C stops at the end of the
+        running chunk of epochs with weights, optimizer state (and ``t``) and History
+        describing the same completed epochs. Raises FloatingPointError when the loss
+        becomes NaN or Inf, and ValueError for an optimizer with state that belongs to
+        another model.
         """
         return training.fit(self, x, y, optim=optim, loss=loss, epochs=epochs,
                             batch_size=batch_size, shuffle=shuffle, seed=seed,
@@ -207,9 +214,11 @@ class Model:
                             loss_fn=loss_fn, optimizer=optimizer)
 
     def predict(self, x, batch_size=None):
-        """The model's output for x: (N, I) -> (N, O), in batches of ``batch_size`` rows."""
+        """The model's output for x: (N, I) -> (N, O), in batches of ``batch_size`` rows.
+        Safe to call on one model from many threads at once."""
         return training.predict(self, x, batch_size)
 
     def evaluate(self, x, y, loss=None):
-        """Loss (default MSE) of the prediction for x against y, without training."""
+        """Loss (default MSE) of the prediction for x against y, without training, as
+        ``loss(pred, y)`` gives it (a sum for the cross-entropies). Thread-safe."""
         return training.evaluate(self, x, y, loss)
