@@ -174,9 +174,9 @@ def _open_archive(path):
                              f"it is not a complete fastbp model file") from e
 
 
-def _entry(zf, name, shape, dtype, path):
-    """Entry ``name`` (an .npy) as an array, after checking its header (shape, dtype) and
-    its declared size against what the architecture needs: nothing else is read."""
+def _entry(zf, name, shape, dtype, path, read=True):
+    """Entry ``name`` (an .npy) as an array (None unless ``read``), after checking its
+    header (shape, dtype) and its declared size against what the architecture needs."""
     label = name[:-4]
     try:
         info = zf.getinfo(name)
@@ -203,6 +203,8 @@ def _entry(zf, name, shape, dtype, path):
             if info.compress_size * _MAX_RATIO < nbytes:  # no compression packs that much
                 raise _bad(path, f"array {label!r} claims {nbytes} bytes from "
                                  f"{info.compress_size} stored: not a real model file")
+            if not read:
+                return None
             raw = f.read(nbytes)
     except ModelFileError:
         raise
@@ -313,6 +315,8 @@ def _read(path, with_optimizer):
         if extra:
             raise _bad(path, f"unexpected entries {sorted(extra)[:5]}: the architecture "
                              f"names no such arrays")
+        for name, shape in wanted.items():  # every header before any data
+            _entry(zf, f"{name}.npy", shape, dtype, path, read=False)
         arrays = {name: _entry(zf, f"{name}.npy", shape, dtype, path)
                   for name, shape in wanted.items()
                   if with_optimizer or not name.startswith("optim.")}

@@ -206,6 +206,11 @@ def test_a_linear_replaced_after_training_is_the_one_trained():
     assert np.shares_memory(m.layers[0].w, m.params)
     assert not np.shares_memory(old.w, m.params)
     layers.Model([old])  # taken out of m: free for another model
+    other = layers.Model([_linear(4, 3, 3), layers.Tanh(), _linear(2, 4, 4)])
+    m.layers[2] = other.layers[2]      # a Linear of another model, put in by hand
+    with pytest.raises(ValueError, match=r"layer 2 \(Linear\(2\)\) already belongs to "
+                                         r"another Model"):
+        m.predict(x)
 
 
 def test_layers_appended_or_removed_after_training_rebuild_the_buffers():
@@ -689,6 +694,7 @@ def test_a_misshapen_optimizer_state_array_is_refused_at_load(tmp_path):
     with pytest.raises(fastbp.ModelFileError, match=r"'optim.flat.0' has shape \(25,\)"):
         fastbp.load_optimizer(path)
     _refused(path, r"'optim.flat.0' has shape \(25,\)", optim.Adam())
+    _refused(path, r"'optim.flat.0' has shape \(25,\)")   # also when only the model is read
 
 
 def test_extra_entries_are_refused(tmp_path):
