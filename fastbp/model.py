@@ -91,10 +91,13 @@ class Model:
         self._seen = tuple(layers)
 
     def _sync(self):
-        """Rebuild the flat buffers when ``self.layers`` changed since they were made."""
-        seen, layers = self._seen, self.layers
+        """Rebuild the flat buffers when ``self.layers`` changed since they were made, or a
+        Linear's weights no longer live in them (``layer.build`` called again)."""
+        seen, layers, params = self._seen, self.layers, self.params
         if isinstance(layers, list) and len(seen) == len(layers) and \
-                all(a is b for a, b in zip(seen, layers)):
+                all(a is b for a, b in zip(seen, layers)) and \
+                (params is None or all(layer._w.base is params for layer in seen
+                                       if isinstance(layer, Linear))):
             return
         with _BUILD_LOCK:
             self._adopt()

@@ -126,11 +126,11 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
                              f"{y_val.shape}, but x has {x.shape[1]} columns and y has "
                              f"{y.shape[1]}; they must match")
         validation_data = (x_val, y_val)
+    if isinstance(optim, Optimizer):
+        optim._bind(model)  # refuse another model's optimizer before any step
     history = model.history = History()  # kept on the model: still there after Ctrl-C
     if validation_data is not None:
         history.history.update(val_loss=[], val_accuracy=[])
-    if isinstance(optim, Optimizer):
-        optim._bind(model)  # refuse another model's optimizer before any step
     run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
     n_batches = -(-n // batch_size)
     shuffled = shuffle and batch_size < n

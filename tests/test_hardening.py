@@ -230,6 +230,16 @@ def test_layers_appended_or_removed_after_training_rebuild_the_buffers():
     assert m.params.size == (3 * 4 + 4) + (4 * 3 + 3)
 
 
+def test_a_linear_rebuilt_in_place_is_gathered_into_the_buffers_again():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    m.train(x, y, epochs=2, verbose=False)
+    m.layers[0].build(3)                 # new weights in a buffer of the layer's own
+    m.layers[0].w = np.full((3, 4), 0.1)
+    _train_both(m, x, y)
+    assert np.shares_memory(m.layers[0].w, m.params)
+
+
 def test_a_stateful_optimizer_refuses_a_model_whose_layers_changed():
     x, y = _data()
     m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
