@@ -6,6 +6,7 @@ Whatever can crash, hang or needs signals or environment variables runs in a chi
 process (``cwd=tmp_path``, so the source folder cannot shadow the installed package).
 """
 import gc
+import io
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import data, io, layers, loss, optim
+from fastbp import data, layers, loss, optim
 from fastbp.reference import layers as R
 from fastbp.reference import loss as RL
 from fastbp.reference import optim as RO
@@ -421,6 +422,9 @@ THREADS_CODE = """
 def test_predict_and_evaluate_from_four_threads_equal_serial_results_exactly(tmp_path):
     out = _child(tmp_path, THREADS_CODE).split()
     assert out == ["Tanh", "0", "80", "Tanh2", "0", "80"]
+    # model(x) keeps activations for backward: its docstring says it is not thread-safe
+    assert "not thread-safe" in " ".join(layers.Model.__call__.__doc__.split())
+    assert "many threads" in " ".join(layers.Model.predict.__doc__.split())
 
 
 # ================================================== 6. what determinism holds, in float32
@@ -646,8 +650,7 @@ def _header_claiming(path, name, shape):
         for info in zf.infolist():
             entries[info.filename] = zf.read(info)
     header = {"descr": "<f8", "fortran_order": False, "shape": shape}
-    import io as _io
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, header)
     entries[name] = buf.getvalue() + b"\x00" * 8
     with zipfile.ZipFile(path, "w") as zf:
@@ -682,7 +685,6 @@ def test_a_zip_bomb_in_an_unused_entry_is_refused_before_it_is_inflated(tmp_path
 def test_a_bomb_in_a_named_entry_is_refused_by_its_size(tmp_path):
     """bzip2 packs zeros far tighter than any real weights: 32 MB from a few hundred bytes
     is refused from the sizes alone (fastbp itself writes entries uncompressed)."""
-    import io as _io
     n = 2048
     meta = _meta(_entries(_saved(tmp_path, with_optimizer=False)))
     meta["layers"] = [{"type": "Linear", "units": n, "n_in": n, "init": "uniform"}]
@@ -690,7 +692,7 @@ def test_a_bomb_in_a_named_entry_is_refused_by_its_size(tmp_path):
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as zf:
         for name, arr in (("__fastbp__", np.frombuffer(json.dumps(meta).encode(), np.uint8)),
                           ("layer0.w", np.zeros((n, n))), ("layer0.b", np.zeros(n))):
-            buf = _io.BytesIO()
+            buf = io.BytesIO()
             np.save(buf, arr)
             zf.writestr(f"{name}.npy", buf.getvalue())
     assert path.stat().st_size < 10_000
