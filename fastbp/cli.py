@@ -1,8 +1,42 @@
 """The ``fastbp`` command: ``fastbp xor``, ``fastbp train digits``, ``fastbp bench``."""
 import argparse
+import math
+import os
 import sys
 
 import numpy as np
+
+
+# argparse types: a bad value is a usage error (exit 2), never a traceback.
+def _int_at_least(low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _warn_if_worse(history):
+    """One line on stderr when training ended with a higher loss than its first epoch."""
+    if history[-1] > history[0]:
+        print(f"fastbp: warning: the loss rose from {history[0]:.4g} (epoch 1) to "
+              f"{history[-1]:.4g} (epoch {len(history)}); training made the model worse: "
+              f"lower --lr", file=sys.stderr)
 
 
 def xor(args):
@@ -15,6 +49,7 @@ def xor(args):
     history = net.train(x, y, optim=optim.SGD(lr=0.6), loss=loss.MSE(), epochs=args.epochs,
                         verbose=not args.quiet)
     print(f"final loss {history[-1]:.6f}")
+    _warn_if_worse(history)
     for row, p in zip(x, net.predict(x)[:, 0]):
         print(f"{row[0]} xor {row[1]} -> {p:.4f} ({int(p > 0.5)})")
 
@@ -48,30 +83,41 @@ def train(args):
                         validation_data=(x_test, y_test), verbose=not args.quiet)
     acc = accuracy(net.predict(x_test), y_test)
     print(f"{args.dataset}: {x.shape[1]}-{'-'.join(map(str, hidden))}-{y.shape[1]} "
-          f"{dtype.name}, {args.optimizer} lr {args.lr}, batch {args.batch_size}, "
+          f"{dtype.name}, {args.optimizer} lr {args.lr}, batch {min(args.batch_size, len(x))}, "
           f"{args.epochs} epochs: final loss {history[-1]:.4f}, "
           f"test accuracy {100 * acc:.2f}% ({len(x_test)} held-out samples)")
+    _warn_if_worse(history)
     if args.save:
         io.save(net, args.save, opt)
         print(f"saved model and optimizer state to {args.save}")
     if args.plot:
-        _plot(history, args.plot, args.batch_size, len(x_test))
+        _plot(history, args.plot)
         print(f"wrote {args.plot}")
 
 
-def _plot(history, path, batch_size, n_test):
-    """Loss per sample (cross-entropy sums over a batch: train batches and the test set
-    differ in size) and test accuracy, by epoch."""
+def _check_plot_path(parser, path):
+    """Before training: matplotlib is there and ``path`` can be written."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        raise SystemExit('--plot needs matplotlib: pip install "fastbp[plot]"')
+        parser.error('--plot needs matplotlib: pip install "fastbp[plot]"')
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK) \
+            or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        parser.error(f"--plot {path}: cannot write there (no such folder, a folder, or "
+                     f"no permission)")
+
+
+def _plot(history, path):
+    """Loss per sample (train and test, as History reports them) and test accuracy, by
+    epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = np.arange(1, len(history) + 1)
-    a.plot(epochs, np.array(history) / batch_size, label="train")
-    a.plot(epochs, np.array(history.history["val_loss"]) / n_test, label="test")
+    a.plot(epochs, np.array(history), label="train")
+    a.plot(epochs, np.array(history.history["val_loss"]), label="test")
     a.set(xlabel="epoch", ylabel="cross-entropy per sample", yscale="log")
     a.legend()
     b.plot(epochs, 100 * np.array(history.history["val_accuracy"]))
@@ -97,20 +143,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastbp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("xor", help="train the original 2-8-4-1 XOR network")
-    p.add_argument("--epochs", type=int, default=400)
-    p.add_argument("--seed", type=int, default=1, help="np.random.seed before building")
+    p.add_argument("--epochs", type=_int_at_least(1), default=400)
+    p.add_argument("--seed", type=_int_at_least(0), default=1,
+                   help="np.random.seed before building")
     p.add_argument("--original-data", action="store_true",
                    help="the original example's inputs (its 4th row repeats [0, 1])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=xor)
     p = sub.add_parser("train", help="train an MLP on a built-in dataset")
     p.add_argument("dataset", choices=["digits", "spirals"])
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=_int_at_least(1), default=20)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--seed", type=int, default=0, help="weights and shuffling")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="weights and shuffling")
     p.add_argument("--save", metavar="PATH", help="save model + optimizer state (.npz)")
     p.add_argument("--plot", metavar="PATH", help="write a loss/accuracy curve PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -121,7 +168,7 @@ def main(argv=None):
                    "medium64 large32 large64 softmax layerwise train-overhead process "
                    "(default: all)")
     p.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
-    p.add_argument("--rounds", type=int, help="interleaved rounds")
+    p.add_argument("--rounds", type=_int_at_least(1), help="interleaved rounds")
     p.add_argument("--cold", action="store_true",
                    help="also time whole processes (`fastbp xor`, `fastbp train digits "
                    "--epochs 1`) with an empty and a warm Numba cache, and the "
@@ -132,7 +179,12 @@ def main(argv=None):
                    help="print each kernel and signature with its compile or load seconds")
     p.set_defaults(run=warmup)
     args = parser.parse_args(argv)
-    return args.run(args)
+    if getattr(args, "plot", None):
+        _check_plot_path(parser, args.plot)
+    try:
+        return args.run(args)
+    except FloatingPointError as e:  # divergence: one clear line, no traceback
+        parser.exit(1, f"fastbp: {e}\n")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,13 @@ def digits(test_fraction=0.2):
 
     Pixels scaled to [0, 1], labels one-hot over 10 classes, split by a fixed permutation
     (the same on every machine): returns ``(x_train, y_train), (x_test, y_test)``.
-    Needs scikit-learn (``pip install "fastbp[digits]"``).
+    Needs scikit-learn (``pip install "fastbp[digits]"``). ``test_fraction`` is in
+    [0, 1): the share of the 1797 images held out.
     """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.number)) \
+            or not 0 <= test_fraction < 1:
+        raise ValueError(f"digits: test_fraction must be a number in [0, 1) (the share held "
+                         f"out for testing, e.g. 0.2), got {test_fraction!r}")
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:

@@ -1,18 +1,26 @@
 """Saving and loading models as .npz files: architecture as JSON, weights as arrays.
 
-No pickle anywhere: files are read with ``allow_pickle=False`` and every array is checked
-against the architecture before a model is built. Writes go to a temporary file in the
-same folder, are flushed to disk, then renamed over the target, so a crash mid-save
-leaves the previous file intact.
+No pickle anywhere. Loading trusts nothing in the file: the JSON architecture is
+validated first (types, known names, consistent widths), it fixes which entries must
+exist and the shape, dtype and byte count of each, and every entry's .npy header and zip
+size are checked against that before any of its data is read. A file can therefore make
+fastbp read and allocate only what its architecture implies (a zip bomb or a header
+claiming 1e12 floats is refused without being read), and any bad file raises
+ModelFileError. Writes go to a temporary file in the target's folder (through symbolic
+links), are flushed to disk, then renamed over the target, so a crash mid-save leaves the
+previous file intact; the file gets the mode ``np.save`` would give it.
 """
 import json
+import numbers
 import os
+import stat
 import tempfile
 import zipfile
 
 import numpy as np
 
 from . import modules as L
+from .reference.modules import INITS
 from . import optim as O
 from .model import Model
 
@@ -21,6 +29,12 @@ VERSION = 1
 _ACTIVATIONS = {cls.__name__: cls for cls in (L.Relu, L.Sigmoid, L.Tanh, L.Softmax)}
 _OPTIMIZERS = {cls.__name__: cls for cls in (O.SGD, O.Momentum, O.RMSProp, O.Adam)}
 _HYPER = {name: cls.hyper_names for name, cls in _OPTIMIZERS.items()}
+
+
+# The JSON entry of a real model is a few KB; anything far larger is not one.
+_MAX_META_BYTES = 1 << 20
+# Deflate packs at most ~1032 bytes into one; fastbp writes entries uncompressed.
+_MAX_RATIO = 1100
 
 
 class ModelFileError(ValueError):
@@ -53,8 +67,12 @@ def _state_key(key):
 def save(model, path, optimizer=None):
     """Write ``model`` (and ``optimizer``'s state, to resume training exactly) to ``path``.
 
-    The file is a NumPy .npz archive, written exactly at ``path`` (no suffix is added).
+    The file is a NumPy .npz archive, written exactly at ``path`` (no suffix is added);
+    when ``path`` is a symbolic link, the file it points to is written. Errors name
+    ``path``.
     """
+    if callable(getattr(model, "_sync", None)):
+        model._sync()  # the layers as they are now (see Model)
     meta = {"format": FORMAT, "version": VERSION, "dtype": model.dtype.name,
             "layers": _architecture(model)}
     arrays = {}
@@ -65,6 +83,7 @@ def save(model, path, optimizer=None):
         name = type(optimizer).__name__
         if name not in _OPTIMIZERS:
             raise TypeError(f"save: only built-in optimizers can be saved, got {name}")
+        _check_optimizer_matches(optimizer, model)
         meta["optimizer"] = {"type": name, "t": optimizer.t,
                              "hyper": {k: getattr(optimizer, k) for k in _HYPER[name]},
                              "state": {_state_key(k): len(v) for k, v in
@@ -74,92 +93,272 @@ def save(model, path, optimizer=None):
                 arrays[f"optim.{_state_key(key)}.{j}"] = arr
     arrays["__fastbp__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _write_atomically(path, arrays)
     return path
 
 
-def _read(path):
+def _check_optimizer_matches(optimizer, model):
+    """Refuse to save state that belongs to other parameters than ``model``'s."""
+    flat = optimizer.state.get("flat")
+    n_params = sum(layer.n_params for layer in model.layers if isinstance(layer, L.Linear))
+    if flat is not None and flat[0].size != n_params:
+        raise ValueError(f"save: {optimizer!r} holds state for {flat[0].size} parameters, "
+                         f"the model has {n_params}; save the optimizer with its own model")
+    extra = [k for k in optimizer.state if k != "flat"]
+    if extra:
+        raise ValueError(f"save: {optimizer!r} holds state for custom layers ({extra}), "
+                         f"which a model file cannot hold")
+
+
+def _new_file_mode(existing):
+    """The mode ``np.save`` (open(path, "wb")) gives: an existing file keeps its own,
+    a new one gets 0o666 minus the umask."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ModelFileError(f"{path} is a single .npy array, not a fastbp model")
-            arrays = {k: data[k] for k in data.files}
-    except ModelFileError:
+        return stat.S_IMODE(os.stat(existing).st_mode)
+    except OSError:
+        pass
+    try:  # Linux: read the umask without changing it (os.umask is process-wide)
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_atomically(path, arrays):
+    target = os.path.realpath(path)  # through symbolic links: write the file they name
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp",
+                                   dir=os.path.dirname(target))
+    except OSError as e:
+        raise type(e)(e.errno, f"save: cannot write there ({e.strerror})", path) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _new_file_mode(target))
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise type(e)(e.errno, f"save: {e.strerror}", path) from None
         raise
-    except FileNotFoundError:
-        raise
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise ModelFileError(f"{path} holds pickled data; fastbp never loads pickle (it "
-                                 f"can run code). Re-save the model with fastbp.save") from e
-        raise ModelFileError(f"{path} is not a readable fastbp model file ({e})") from e
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+
+
+# ---------------------------------------------------------------- loading, validated
+
+def _bad(path, message):
+    return ModelFileError(f"{path}: {message}")
+
+
+def _open_archive(path):
+    """The file as an open ZipFile, after telling apart what it could be instead."""
+    with open(path, "rb") as f:
+        start = f.read(8)
+    if start.startswith(b"\x93NUMPY"):
+        raise ModelFileError(f"{path} is a single .npy array, not a fastbp model file "
+                             f"(an .npz archive written by fastbp.save)")
+    if start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise ModelFileError(f"{path} holds pickled data; fastbp never loads pickle (it "
+                             f"can run code). Re-save the model with fastbp.save")
+    if not start.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise ModelFileError(f"{path} is not a fastbp model file (not an .npz archive; it "
+                             f"starts with {start!r})")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise ModelFileError(f"{path} is truncated or corrupted ({type(e).__name__}: {e}); "
                              f"it is not a complete fastbp model file") from e
-    if "__fastbp__" not in arrays:
-        raise ModelFileError(f"{path} is an .npz archive but not a fastbp model file "
-                             f"(no __fastbp__ entry)")
+
+
+def _entry(zf, name, shape, dtype, path, read=True):
+    """Entry ``name`` (an .npy) as an array (None unless ``read``), after checking its
+    header (shape, dtype) and its declared size against what the architecture needs."""
+    label = name[:-4]
     try:
-        meta = json.loads(arrays.pop("__fastbp__").tobytes().decode())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"{path}: the architecture entry is not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a {FORMAT} file")
-    if meta.get("version") != VERSION:
-        raise ModelFileError(f"{path}: format version {meta.get('version')} is not "
-                             f"supported (this fastbp reads version {VERSION})")
+        info = zf.getinfo(name)
+    except KeyError:
+        raise _bad(path, f"array {label!r} is missing") from None
+    dtype, shape = np.dtype(dtype), tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        with zf.open(info) as f:
+            major, minor = np.lib.format.read_magic(f)
+            if (major, minor) == (1, 0):
+                header = np.lib.format.read_array_header_1_0(f)
+            elif (major, minor) == (2, 0):
+                header = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {major}.{minor}")
+            got_shape, fortran, got_dtype = header
+            if got_shape != shape or got_dtype != dtype:
+                raise _bad(path, f"array {label!r} has shape {got_shape} and dtype "
+                                 f"{got_dtype}, the architecture needs {shape} {dtype}")
+            if info.file_size != f.tell() + nbytes:
+                raise _bad(path, f"array {label!r} declares {info.file_size} bytes, its "
+                                 f"header and data take {f.tell() + nbytes}")
+            if info.compress_size * _MAX_RATIO < nbytes:  # no compression packs that much
+                raise _bad(path, f"array {label!r} claims {nbytes} bytes from "
+                                 f"{info.compress_size} stored: not a real model file")
+            if not read:
+                return None
+            raw = f.read(nbytes)
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
+            NotImplementedError) as e:  # bad header, CRC, compression, encryption
+        raise _bad(path, f"array {label!r} is truncated or corrupted ({type(e).__name__}: "
+                         f"{e})") from e
+    if len(raw) != nbytes:
+        raise _bad(path, f"array {label!r} is truncated")
+    return np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _positive_int(value, what, path):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(path, f"{what} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _check_layers(meta, path):
+    """Validate the layer list; returns [(i, n_in, units)] of its Linear layers."""
+    specs = meta.get("layers")
+    if not isinstance(specs, list) or not specs:
+        raise _bad(path, "malformed architecture: 'layers' must be a non-empty list")
+    linear, width = [], None
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            raise _bad(path, f"malformed architecture: layer {i} is {spec!r}")
+        kind = spec["type"]
+        if kind == "Linear":
+            units = _positive_int(spec.get("units"), f"layer {i} (Linear) units", path)
+            n_in = _positive_int(spec.get("n_in"), f"layer {i} (Linear) n_in", path)
+            if spec.get("init", "uniform") not in INITS:
+                raise _bad(path, f"layer {i} (Linear) init {spec.get('init')!r} is not one "
+                                 f"of {INITS}")
+            if width is not None and n_in != width:
+                raise _bad(path, f"layer {i} (Linear) takes {n_in} inputs but the layer "
+                                 f"before it gives {width}: inconsistent widths")
+            linear.append((i, n_in, units))
+            width = units
+        elif kind not in _ACTIVATIONS:
+            raise _bad(path, f"unknown layer type {kind!r} at layer {i} (known: Linear, "
+                             f"{', '.join(_ACTIVATIONS)})")
+    return linear
+
+
+def _check_optimizer(saved, path):
+    """Validate the optimizer record; returns its state as {key: n_slots}."""
+    if not isinstance(saved, dict) or saved.get("type") not in _OPTIMIZERS:
+        kind = saved.get("type") if isinstance(saved, dict) else saved
+        raise _bad(path, f"unknown optimizer {kind!r} (known: {', '.join(_OPTIMIZERS)})")
+    name = saved["type"]
+    t = saved.get("t")
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise _bad(path, f"optimizer step count t must be an integer >= 0, got {t!r}")
+    hyper = saved.get("hyper")
+    if not isinstance(hyper, dict) or set(hyper) != set(_HYPER[name]) or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in hyper.values()):
+        raise _bad(path, f"{name} hyper-parameters must be numbers {_HYPER[name]}, got "
+                         f"{hyper!r}")
+    try:
+        _OPTIMIZERS[name](**hyper)
+    except ValueError as e:
+        raise _bad(path, f"bad {name} hyper-parameters ({e})") from e
+    state = saved.get("state")
+    n_slots = max(_OPTIMIZERS[name].n_slots, 1)
+    if state not in ({}, {"flat": n_slots}):
+        raise _bad(path, f"{name} state must be {{'flat': {n_slots}}} (or empty), got "
+                         f"{state!r}")
+    return state
+
+
+def _read(path, with_optimizer):
+    """(meta, arrays) of a validated model file; the optimizer's arrays only when
+    ``with_optimizer``. Raises ModelFileError for anything wrong with the file."""
+    with _open_archive(path) as zf:
+        names = set(zf.namelist())
+        if "__fastbp__.npy" not in names:
+            raise ModelFileError(f"{path} is an .npz archive but not a fastbp model file "
+                                 f"(no __fastbp__ entry)")
+        info = zf.getinfo("__fastbp__.npy")
+        if info.file_size > _MAX_META_BYTES:
+            raise _bad(path, f"the architecture entry declares {info.file_size} bytes; a "
+                             f"fastbp architecture takes a few KB")
+        text = _entry(zf, "__fastbp__.npy", _meta_shape(zf, info, path), np.uint8, path)
+        try:
+            meta = json.loads(text.tobytes().decode())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _bad(path, f"the architecture entry is not valid JSON ({e})") from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ModelFileError(f"{path}: not a {FORMAT} file")
+        if meta.get("version") != VERSION:
+            raise ModelFileError(f"{path}: format version {meta.get('version')!r} is not "
+                                 f"supported (this fastbp reads version {VERSION})")
+        if meta.get("dtype") not in ("float32", "float64"):
+            raise _bad(path, f"dtype {meta.get('dtype')!r} is not float32 or float64")
+        dtype = np.dtype(meta["dtype"])
+        linear = _check_layers(meta, path)
+        wanted = {}
+        for i, n_in, units in linear:
+            wanted[f"layer{i}.w"], wanted[f"layer{i}.b"] = (n_in, units), (units,)
+        saved = meta.get("optimizer")
+        if saved is not None:
+            state = _check_optimizer(saved, path)
+            n_params = sum(n_in * units + units for _, n_in, units in linear)
+            for j in range(state.get("flat", 0)):
+                wanted[f"optim.flat.{j}"] = (n_params,)
+        extra = names - {f"{name}.npy" for name in wanted} - {"__fastbp__.npy"}
+        if extra:
+            raise _bad(path, f"unexpected entries {sorted(extra)[:5]}: the architecture "
+                             f"names no such arrays")
+        for name, shape in wanted.items():  # every header before any data
+            _entry(zf, f"{name}.npy", shape, dtype, path, read=False)
+        arrays = {name: _entry(zf, f"{name}.npy", shape, dtype, path)
+                  for name, shape in wanted.items()
+                  if with_optimizer or not name.startswith("optim.")}
     return meta, arrays
 
 
-def _take(arrays, name, shape, dtype, path):
-    if name not in arrays:
-        raise ModelFileError(f"{path}: array {name!r} is missing")
-    arr = arrays[name]
-    if arr.shape != tuple(shape) or arr.dtype != dtype:
-        raise ModelFileError(f"{path}: array {name!r} has shape {arr.shape} and dtype "
-                             f"{arr.dtype}, the architecture needs {tuple(shape)} {dtype}")
-    return arr
+def _meta_shape(zf, info, path):
+    """The shape the architecture entry's header declares, bounded by _MAX_META_BYTES."""
+    try:
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
+            NotImplementedError) as e:
+        raise _bad(path, f"the architecture entry is truncated or corrupted ({e})") from e
+    if dtype != np.uint8 or len(shape) != 1 or shape[0] > _MAX_META_BYTES:
+        raise _bad(path, f"the architecture entry is {shape} {dtype}, not JSON bytes")
+    return shape
 
 
 def load(path, optimizer=None):
     """Read a model written by :func:`save`; restore ``optimizer``'s state if given.
 
-    Raises ModelFileError (a ValueError) for pickle, truncated, corrupted or inconsistent
-    files. The model comes back in the dtype it was saved in.
+    Raises ModelFileError (a ValueError) for any file that is not a complete, consistent
+    fastbp model file (pickle, .npy, text, truncated, corrupted, oversized, inconsistent
+    architecture or arrays); the file is validated before any array is read. A missing
+    or unreadable path raises the usual OSError. The model comes back in the dtype it
+    was saved in.
     """
     path = os.fspath(path)
-    meta, arrays = _read(path)
-    try:
-        dtype = np.dtype(meta["dtype"])
-        if dtype not in (np.float32, np.float64):
-            raise ModelFileError(f"{path}: dtype {dtype} is not float32 or float64")
-        stack = []
-        for i, spec in enumerate(meta["layers"]):
-            kind = spec["type"]
-            if kind == "Linear":
-                layer = L.Linear(int(spec["units"]), init=spec.get("init", "uniform"))
-                n_in = int(spec["n_in"])
-                layer.allocate(n_in, dtype)
-                layer.w = _take(arrays, f"layer{i}.w", (n_in, layer.units), dtype, path)
-                layer.b = _take(arrays, f"layer{i}.b", (layer.units,), dtype, path)
-            elif kind in _ACTIVATIONS:
-                layer = _ACTIVATIONS[kind]()
-            else:
-                raise ModelFileError(f"{path}: unknown layer type {kind!r}")
-            stack.append(layer)
-    except (KeyError, TypeError) as e:
-        raise ModelFileError(f"{path}: malformed architecture ({type(e).__name__}: {e})") \
-            from e
+    meta, arrays = _read(path, optimizer is not None)
+    dtype = np.dtype(meta["dtype"])
+    stack = []
+    for i, spec in enumerate(meta["layers"]):
+        if spec["type"] == "Linear":
+            layer = L.Linear(spec["units"], init=spec.get("init", "uniform"))
+            layer.allocate(spec["n_in"], dtype)
+            layer.w, layer.b = arrays[f"layer{i}.w"], arrays[f"layer{i}.b"]
+        else:
+            layer = _ACTIVATIONS[spec["type"]]()
+        stack.append(layer)
     model = Model(stack, dtype=dtype)
     model._flatten()
     if optimizer is not None:
@@ -175,21 +374,15 @@ def _restore_optimizer(optimizer, meta, arrays, path):
     if saved["type"] != type(optimizer).__name__:
         raise TypeError(f"load: the file holds {saved['type']} state, not "
                         f"{type(optimizer).__name__}")
-    state = {}
-    for key, n_slots in saved["state"].items():
-        slots = []
-        for j in range(n_slots):
-            name = f"optim.{key}.{j}"
-            if name not in arrays:
-                raise ModelFileError(f"{path}: optimizer array {name!r} is missing")
-            slots.append(arrays[name].copy())
-        state[key if key == "flat" else (int(key.split(".")[0]), key.split(".")[1])] = slots
+    state = {key: [arrays[f"optim.{key}.{j}"] for j in range(n_slots)]
+             for key, n_slots in saved["state"].items()}
     optimizer.load_state_dict({"t": saved["t"], "state": state})
 
 
 def load_optimizer(path):
     """A new optimizer with the hyper-parameters and state saved in ``path``."""
-    meta, arrays = _read(os.fspath(path))
+    path = os.fspath(path)
+    meta, arrays = _read(path, True)
     saved = meta.get("optimizer")
     if saved is None:
         raise ModelFileError(f"{path} holds no optimizer state")

@@ -14,6 +14,7 @@ class Loss:
     keeps dL/dpred for ``backward()``."""
 
     code = None
+    summed = False  # True: the value sums over samples (train reports it per sample)
 
     def _prepare(self, pred, y):
         name = type(self).__name__
@@ -56,15 +57,16 @@ class MSE(Loss):
 
 class CategoricalCrossentropy(Loss):
     """loss = -sum(y * log(p)), summed over the batch and the classes (no mean); p is
-    clipped to [eps, 1] (eps 1e-12 in float64, 1e-7 in float32). ``backward`` is the true
-    gradient -y / p of that sum. After a Softmax in a Model, the pair runs fused: the
-    gradient w.r.t. the logits is p * sum(y) - y (= p - y for one-hot y)."""
-    code = K.CCE
+    clipped to [eps, 1] (eps 1e-12 in float64, 1e-7 in float32). ``backward`` is the
+    gradient -y / p of that clipped sum w.r.t. p (0 where p < eps). After a Softmax in a
+    Model, the pair runs fused: the gradient w.r.t. the logits is that of the unclipped
+    loss, p * sum(y) - y (= p - y for one-hot y), which stays right at saturation."""
+    code, summed = K.CCE, True
 
 
 class BinaryCrossentropy(Loss):
     """loss = -sum(y log p + (1 - y) log(1 - p)), summed over the batch and the outputs;
-    p clipped to [eps, 1 - eps]. ``backward`` is its true gradient (p - y) / (p (1 - p)).
-    After a Sigmoid in a Model, the pair runs fused with gradient p - y w.r.t. the logits
-    (see fastbp.pairs)."""
-    code = K.BCE
+    p clipped to [eps, 1 - eps]. ``backward`` is the gradient (p - y) / (p (1 - p)) of
+    that clipped sum w.r.t. p. After a Sigmoid in a Model, the pair runs fused with the
+    unclipped loss's gradient p - y w.r.t. the logits (see fastbp.pairs)."""
+    code, summed = K.BCE, True

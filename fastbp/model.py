@@ -5,6 +5,9 @@
 The forward and backward passes live here; ``train``, ``predict`` and ``evaluate`` hand
 over to the training loop (``fastbp.training``), which sits below this module.
 """
+import threading
+import weakref
+
 import numpy as np
 
 from . import training
@@ -14,30 +17,93 @@ from .pairs import fused_gradient
 
 __all__ = ["Model"]
 
+# Building and rebuilding buffers is rare and quick: one lock for all models keeps a first
+# predict from several threads from drawing the weights twice.
+_BUILD_LOCK = threading.RLock()
+
+
+def _layer_list(layers):
+    """``layers`` as a list, refusing what is not a non-empty sequence of layers."""
+    if layers is None or isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"Model: layers must be a list of layers, e.g. "
+                        f"Model([Linear(8), Relu(), Linear(1)]), got {layers!r}")
+    layers = layers if isinstance(layers, list) else list(layers)
+    if not layers:
+        raise ValueError("Model: the layer list is empty; pass at least one layer, e.g. "
+                         "Model([Linear(1)])")
+    return layers
+
 
 class Model:
     """A stack of layers. ``dtype`` is float64 (default, the original's) or float32.
 
     Built-in Linear layers share one flat parameter buffer ``params`` and one flat gradient
     buffer ``grads`` (made on the first call, when the input size is known).
+
+    A layer object appears at most once in a model (it keeps what its forward saw for its
+    backward), and a Linear belongs to at most one model (its ``w`` and ``b`` are views
+    into that model's buffer): both are refused with a ValueError. ``model.layers`` may be
+    changed after training (replace, append, remove layers): the next call, ``train``,
+    ``predict``, ``evaluate`` or ``save`` notices and rebuilds the flat buffers from the
+    current layers, keeping the weights each built Linear has.
     """
 
     def __init__(self, layers, dtype=np.float64):
-        layers = list(layers) if not isinstance(layers, list) else layers
+        self.dtype = float_dtype(dtype, "Model")
+        self.params = self.grads = None
+        self._plan = None
+        self._seen = ()
+        self.layers = _layer_list(layers)
+        self._adopt()
+
+    def _adopt(self):
+        """Check ``self.layers`` and make this model the owner of its Linear layers."""
+        layers = self.layers = _layer_list(self.layers)
+        where = {}
         for i, layer in enumerate(layers):
             if not callable(layer) or not hasattr(layer, "backward"):
                 raise TypeError(f"Model: layer {i} ({layer!r}) needs __call__(x) and "
                                 f"backward(grad); subclass fastbp.layers.Layer or Activation")
-        self.layers = layers
-        self.dtype = float_dtype(dtype, "Model")
-        for layer in layers:
+            if id(layer) in where:
+                raise ValueError(f"Model: layer {i} ({layer!r}) is the same object as layer "
+                                 f"{where[id(layer)]}; a layer keeps what its forward saw "
+                                 f"for its backward, so use a new instance at each position "
+                                 f"(e.g. {layer!r} twice, not one object reused)")
+            where[id(layer)] = i
             if isinstance(layer, Linear):
+                owner = layer._owner() if layer._owner is not None else None
+                if owner is not None and owner is not self:
+                    raise ValueError(f"Model: layer {i} ({layer!r}) already belongs to "
+                                     f"another Model (its w and b are views into that "
+                                     f"model's parameter buffer); use a new Linear and copy "
+                                     f"the weights in after its first call "
+                                     f"(new.w = old.w; new.b = old.b)")
                 if layer.initialized and layer.dtype != self.dtype:
                     raise TypeError(f"Model: {layer!r} was built as {layer.dtype}, the model "
                                     f"is {self.dtype}")
-                layer.dtype = self.dtype
-        self.params = self.grads = None
-        self._plan = None
+        for old in self._seen:  # layers taken out of the model are free again
+            if isinstance(old, Linear) and id(old) not in where and old._owner is not None \
+                    and old._owner() is self:
+                old._owner = None
+        for layer in layers:
+            if isinstance(layer, Linear):
+                layer.dtype, layer._owner = self.dtype, weakref.ref(self)
+        self._seen = tuple(layers)
+
+    def _sync(self):
+        """Rebuild the flat buffers when ``self.layers`` changed since they were made, or a
+        Linear's weights no longer live in them (``layer.build`` called again)."""
+        seen, layers, params = self._seen, self.layers, self.params
+        if isinstance(layers, list) and len(seen) == len(layers) and \
+                all(a is b for a, b in zip(seen, layers)) and \
+                (params is None or all(layer._w.base is params for layer in seen
+                                       if isinstance(layer, Linear))):
+            return
+        with _BUILD_LOCK:
+            self._adopt()
+            self.params = self.grads = None
+            self._plan = None
+            self._flatten()
 
     def __repr__(self):
         return f"Model({self.layers!r}, dtype={self.dtype.name})"
@@ -66,6 +132,11 @@ class Model:
         order (as the first forward would), and gather them into the flat buffers. With a
         custom layer in the stack, widths are unknown until it runs: the first forward
         builds the layers instead."""
+        with _BUILD_LOCK:
+            self._sync()
+            self._build(n_features)
+
+    def _build(self, n_features):
         width = n_features
         for layer in self.layers:
             if type(layer) is Linear:
@@ -82,7 +153,12 @@ class Model:
             self._flatten()
 
     def __call__(self, x):
-        """Forward pass: x (N, I) -> (N, O). x is converted to the model's dtype."""
+        """Forward pass: x (N, I) -> (N, O). x is converted to the model's dtype.
+
+        Each layer keeps what it saw for ``backward``, so a call is not thread-safe: use
+        ``predict`` (safe from many threads at once) to serve predictions.
+        """
+        self._sync()
         return self._forward(as_batch(x, self.dtype, "Model"))
 
     def _forward(self, output):
@@ -125,8 +201,15 @@ class Model:
         validation_data : (x_val, y_val), evaluated after each epoch.
         verbose : show one progress bar over epochs with the current loss.
 
-        The loss of an epoch is the mean of its batch losses, each taken before its update.
-        Raises FloatingPointError when the loss becomes NaN or Inf.
+        Both the epoch loss and the validation loss are per sample, on one scale: the mean
+        over the samples of the loss before each update (summed losses such as the
+        cross-entropies are divided by the rows; MSE is already a per-sample mean, the
+        epoch's being the mean of its batch means). ``loss(pred, y)`` itself is unchanged.
+        The History is also kept as ``model.history``. Ctrl-C stops at the end of the
+        running chunk of epochs with weights, optimizer state (and ``t``) and History
+        describing the same completed epochs. Raises FloatingPointError when the loss
+        becomes NaN or Inf, and ValueError for an optimizer with state that belongs to
+        another model.
         """
         return training.fit(self, x, y, optim=optim, loss=loss, epochs=epochs,
                             batch_size=batch_size, shuffle=shuffle, seed=seed,
@@ -134,9 +217,11 @@ class Model:
                             loss_fn=loss_fn, optimizer=optimizer)
 
     def predict(self, x, batch_size=None):
-        """The model's output for x: (N, I) -> (N, O), in batches of ``batch_size`` rows."""
+        """The model's output for x: (N, I) -> (N, O), in batches of ``batch_size`` rows.
+        Safe to call on one model from many threads at once."""
         return training.predict(self, x, batch_size)
 
     def evaluate(self, x, y, loss=None):
-        """Loss (default MSE) of the prediction for x against y, without training."""
+        """Loss (default MSE) of the prediction for x against y, without training, as
+        ``loss(pred, y)`` gives it (a sum for the cross-entropies). Thread-safe."""
         return training.evaluate(self, x, y, loss)

@@ -94,6 +94,7 @@ class Linear(Layer):
         self.init, self.rng = init, rng
         self.dtype = None  # a Model sets its dtype; alone, the first input's float dtype
         self.initialized = False
+        self._owner = None  # weak reference to the Model whose flat buffer holds w and b
 
     # -- parameters: views into flat buffers -------------------------------------------
     @property

@@ -5,7 +5,14 @@ built-in Linear layers of a fastbp Model share one flat buffer, updated by one f
 kernel call; the ``w`` and ``b`` of any other Layer are updated by the same kernel, one
 array at a time. State (moments, step count) lives in the optimizer, per parameter, and
 survives across ``train`` calls.
+
+An optimizer with state (Momentum, RMSProp, Adam) belongs to the first model it steps:
+its moments describe that model's parameters and its step count ``t`` that model's
+steps, so stepping another model is refused (make one optimizer per model, or call
+``reset()``). SGD keeps no state and may serve any number of models.
 """
+import weakref
+
 import numpy as np
 
 from . import kernels as K
@@ -33,6 +40,25 @@ class Optimizer:
         self.lr = positive_number(lr, type(self).__name__, "lr")
         self.t = 0          # steps taken
         self.state = {}     # key -> list of n_slots arrays shaped like the parameter
+        self._model = None  # weak reference to the model the state belongs to
+        self._flat = None   # weak reference to the flat buffer state["flat"] belongs to
+
+    def reset(self):
+        """Forget the state and the step count, so the optimizer can train another model."""
+        self.t, self.state, self._model, self._flat = 0, {}, None, None
+
+    def _bind(self, model):
+        """Tie the state to ``model`` on its first step; refuse any other model after."""
+        if self.n_slots == 0:
+            return  # no state: any model may share it
+        if self._model is not None and self._model() is model:
+            return
+        if self._model is not None:  # another model, alive or not
+            raise ValueError(f"{self!r} already holds the state of another model ({self.t} "
+                             f"steps: moments and step count t belong to that model); make "
+                             f"one optimizer per model, e.g. {type(self).__name__}"
+                             f"(lr={self.lr}), or call .reset() first")
+        self._model = _weak(model)
 
     def __call__(self, model, loss):
         if callable(getattr(model, "backward", None)):   # a fastbp Model (fused pairs)
@@ -48,10 +74,31 @@ class Optimizer:
         raise NotImplementedError
 
     def _slots(self, key, like):
+        if key == "flat":
+            self._check_flat(like)
         slots = self.state.get(key)
         if slots is None or slots[0].shape != like.shape or slots[0].dtype != like.dtype:
             slots = self.state[key] = [np.zeros_like(like) for _ in range(max(self.n_slots, 1))]
         return slots
+
+    def _check_flat(self, params):
+        """The flat state belongs to one parameter buffer: a model whose buffers were
+        rebuilt (layers replaced or added) cannot continue with the old moments."""
+        if self.n_slots == 0:
+            return
+        bound = self._flat() if self._flat is not None else None
+        if bound is params:
+            return
+        if self._flat is not None and "flat" in self.state:
+            raise ValueError(f"{self!r}: the model's parameters were rebuilt (its layers "
+                             f"changed) after this optimizer's state was made for them; "
+                             f"make a new optimizer, or call .reset() first")
+        slots = self.state.get("flat")
+        if slots is not None and slots[0].shape != params.shape:
+            raise ValueError(f"{self!r}: its state is for {slots[0].size} parameters, the "
+                             f"model has {params.size}; load the matching model, or call "
+                             f".reset() first")
+        self._flat = _weak(params)
 
     def _update(self, key, p, g, hp):
         s = self._slots(key, p)
@@ -59,9 +106,12 @@ class Optimizer:
 
     def step(self, model):
         """Update every parameter of ``model`` from the gradients of the last backward."""
+        self._bind(model)
+        flat = getattr(model, "params", None)
+        if flat is not None:
+            self._check_flat(flat)
         self.t += 1
         hp = self.hyper()
-        flat = getattr(model, "params", None)
         if flat is not None:
             self._update("flat", flat, model.grads, hp)
         for i, layer in enumerate(model.layers):
@@ -70,12 +120,20 @@ class Optimizer:
             for name in ("w", "b"):
                 p, g = getattr(layer, name), getattr(layer, name + "_gradient")
                 p = np.asarray(p)
-                if p.dtype not in (np.float32, np.float64) or not p.flags.c_contiguous \
-                        or not p.flags.writeable:
+                if p.dtype not in (np.float32, np.float64) or not p.flags.writeable:
                     raise TypeError(f"{type(self).__name__}: layer {i} ({layer!r}) has a "
                                     f"{name} the optimizer cannot update in place (dtype "
-                                    f"{p.dtype}); keep w and b as writable float arrays")
-                g = np.ascontiguousarray(np.broadcast_to(g, p.shape), dtype=p.dtype)
+                                    f"{p.dtype}, writeable {p.flags.writeable}); keep w and "
+                                    f"b as writable float32 or float64 arrays")
+                g = np.broadcast_to(g, p.shape)
+                if not p.flags.c_contiguous and p.flags.f_contiguous:
+                    p, g = p.T, g.T  # a Fortran-ordered array is its transpose in C order
+                if not p.flags.c_contiguous:
+                    raise TypeError(f"{type(self).__name__}: layer {i} ({layer!r}) has a "
+                                    f"{name} that is not contiguous in memory (strides "
+                                    f"{p.strides}), so it cannot be updated in place; make "
+                                    f"it with np.ascontiguousarray")
+                g = np.ascontiguousarray(g, dtype=p.dtype)
                 self._update((i, name), p.reshape(-1), g.reshape(-1), hp)
 
     def state_dict(self):
@@ -83,14 +141,24 @@ class Optimizer:
         return {"t": self.t, "state": {k: [a.copy() for a in v] for k, v in self.state.items()}}
 
     def load_state_dict(self, d):
+        """Restore ``state_dict()``'s output; the optimizer then belongs to the first
+        model it steps (whose parameters must match the state's shapes)."""
         self.t = int(d["t"])
         self.state = {k: [np.array(a) for a in v] for k, v in d["state"].items()}
+        self._model = self._flat = None
 
     hyper_names = ("lr",)   # constructor arguments, as fastbp spells them
 
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hyper_names)
         return f"{type(self).__name__}({args})"
+
+
+def _weak(obj):
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # an object without weak references: hold it
+        return lambda: obj
 
 
 class SGD(Optimizer):

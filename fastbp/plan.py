@@ -92,9 +92,10 @@ class Plan:
             optim.t += done * (-(-len(x) // self.batch))
         return losses[:done].tolist()
 
-    def _kernel_args(self, loss_code, optim):
+    def _kernel_args(self, loss_code, optim, acts=None):
         """The arguments shared by every call of plan_train / tiny_train."""
         model = self.model
+        acts = self.acts if acts is None else acts
         if optim is None:    # gradient or predict: no step is taken, no state is read
             code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], _NO_HYPER, 0.0
         else:
@@ -102,20 +103,23 @@ class Plan:
             code, s1, s2, hp, t = (optim.code, slots[0], slots[-1], optim.hyper(),
                                    float(optim.t))
         return (self.spec, self.a_off, model.params, model.grads), \
-            (self.batch, loss_code, clip_eps(model.dtype), code, s1, s2, hp, t, self.acts,
+            (self.batch, loss_code, clip_eps(model.dtype), code, s1, s2, hp, t, acts,
              self.g1, self.g2)
 
-    def _plan_train(self, x, y, orders, loss_code, optim, losses, out, mode=K.nn.TRAIN):
-        head, tail = self._kernel_args(loss_code, optim)
-        done = K.plan_train(mode, *head, x, y, orders, *tail, self.xb, self.yb, losses, out)
+    def _plan_train(self, x, y, orders, loss_code, optim, losses, out, mode=K.nn.TRAIN,
+                    acts=None, xb=None):
+        head, tail = self._kernel_args(loss_code, optim, acts)
+        xb = self.xb if xb is None else xb
+        done = K.plan_train(mode, *head, x, y, orders, *tail, xb, self.yb, losses, out)
         return done, losses
 
-    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out):
-        head, tail = self._kernel_args(loss_code, optim)
+    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None, xb=None):
+        head, tail = self._kernel_args(loss_code, optim, acts)
+        acts = self.acts if acts is None else acts
         n_out = int(self.spec[-1, 3])
         last, rows = int(self.a_off[-1]), self.batch * n_out
         done = K.tiny_train(*head, x, y, orders, *tail,
-                            self.acts[last:last + rows].reshape(self.batch, n_out),
+                            acts[last:last + rows].reshape(self.batch, n_out),
                             self.g1[:rows].reshape(self.batch, n_out),
                             self.yb.reshape(self.batch, n_out), losses, out)
         return done, losses
@@ -151,12 +155,16 @@ class Plan:
         return float(losses[0])
 
     def predict(self, x):
+        # Activation buffers of its own per call: predict is safe from many threads at once.
         n_out = int(self.spec[-1, 3])
         out = np.empty((len(x), n_out), self.model.dtype)
         no_y = np.empty((0, n_out), self.model.dtype)
-        kernel = self._tiny_train if self.tiny else \
-            (lambda *a: self._plan_train(*a, mode=K.nn.PREDICT))
-        kernel(x, no_y, _NATURAL, K.MSE, None, np.empty(0), out)
+        scratch = {"acts": np.empty_like(self.acts), "xb": np.empty_like(self.xb)}
+        if self.tiny:
+            self._tiny_train(x, no_y, _NATURAL, K.MSE, None, np.empty(0), out, **scratch)
+        else:
+            self._plan_train(x, no_y, _NATURAL, K.MSE, None, np.empty(0), out,
+                             mode=K.nn.PREDICT, **scratch)
         return out
 
 

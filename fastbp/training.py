@@ -2,8 +2,11 @@
 progress bar, validation, History. Works on any object with Model's attributes
 (``layers``, ``dtype``, ``build``, ``_forward``); ``fastbp.model`` sits above it."""
 import contextlib
+import copy
 import math
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -12,8 +15,12 @@ from tqdm.auto import tqdm
 from ._checks import as_batch, positive_int
 from .compile_log import compile_notice
 from .loss import MSE
-from .optim import SGD
+from .optim import SGD, Optimizer
 from .plan import epoch_runner, plan_for
+
+# A forward pass through custom layers keeps activations on the layers: predictions that
+# cannot use the compiled plan run one at a time.
+_FORWARD_LOCK = threading.Lock()
 
 
 class History(list):
@@ -47,6 +54,48 @@ def accuracy(pred, y):
     return float(np.mean(pred.argmax(1) == y.argmax(1)))
 
 
+def per_sample(loss, value, n_rows, n_batches=1):
+    """``value``, a mean of ``n_batches`` batch losses over ``n_rows`` rows, as a mean over
+    samples of the per-sample loss. Summed losses (cross-entropies, ``loss.summed``) are
+    divided by the rows; MSE is already a mean per sample (a mean of batch means, exact
+    when the batches have equal size)."""
+    return value * n_batches / n_rows if getattr(loss, "summed", False) else value
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) back while a chunk of epochs and its bookkeeping run, then raise
+    KeyboardInterrupt: weights, optimizer state, ``optim.t`` and the History then describe
+    the same completed steps. A second Ctrl-C interrupts at once (a custom layer that
+    hangs). Only in the main thread, and only over Python's default handler."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+
+    def hold(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _instance(value, who, example):
+    """Refuse a class given where an instance is needed (``optim=optim.SGD``)."""
+    if isinstance(value, type):
+        raise TypeError(f"train: {who} must be an instance, not the class {value.__name__}; "
+                        f"pass an instance, e.g. {example}")
+    return value
+
+
 class _NoBar:
     """Stands in for the progress bar when verbose=False."""
 
@@ -58,6 +107,8 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
         verbose, loss_fn, optimizer):
     optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
     loss = _pick(loss, loss_fn, "loss", "loss_fn", MSE)
+    _instance(optim, "optim", "optim.SGD(lr=0.01)")
+    _instance(loss, "loss", "loss.MSE()")
     if not callable(optim):
         raise TypeError(f"train: optim must be an optimizer object such as "
                         f"optim.SGD(lr=0.1), got {optim!r}")
@@ -76,10 +127,14 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
             raise ValueError(f"train: validation_data has shapes {x_val.shape} and "
                              f"{y_val.shape}, but x has {x.shape[1]} columns and y has "
                              f"{y.shape[1]}; they must match")
-    history = History()
+        validation_data = (x_val, y_val)
+    if isinstance(optim, Optimizer):
+        optim._bind(model)  # refuse another model's optimizer before any step
+    history = model.history = History()  # kept on the model: still there after Ctrl-C
     if validation_data is not None:
         history.history.update(val_loss=[], val_accuracy=[])
     run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
+    n_batches = -(-n // batch_size)
     shuffled = shuffle and batch_size < n
     rng = np.random.default_rng(seed) if shuffled else None
     # Epochs run in chunks (one compiled call each when the plan applies), sized to take
@@ -95,30 +150,41 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     notice = compile_notice(verbose, write=lambda text: tqdm.write(text, file=sys.stderr))
     with bar_context as bar, notice:
         while len(history) < epochs:
-            count = min(chunk, epochs - len(history))
-            orders = [rng.permutation(n) if shuffled else None for _ in range(count)]
-            started = time.perf_counter()
-            values = run_epochs(orders)
-            elapsed = time.perf_counter() - started
-            for value in values:
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"train: the loss became {value} at epoch {len(history) + 1} "
-                        f"(optimizer {optim!r}); training diverged. Lower the learning "
-                        f"rate, scale the inputs, or use float64")
-                history.append(value)
-            postfix = {"loss": history[-1]}
-            if validation_data is not None:
-                pred = predict(model, x_val, None)
-                postfix["val_loss"] = float(loss(pred, y_val))
-                history.history["val_loss"].append(postfix["val_loss"])
-                history.history["val_accuracy"].append(accuracy(pred, y_val))
-            else:
+            with interrupts_deferred():
+                elapsed = _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n,
+                                 n_batches, optim, loss, validation_data, bar, verbose)
+            if validation_data is None:
                 chunk = int(min(most, max(1, chunk * target / max(elapsed, 1e-6))))
-            if verbose:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-            bar.update(len(values))
     return history
+
+
+def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, n_batches, optim,
+           loss, validation_data, bar, verbose):
+    """Run up to ``chunk`` epochs and record them (loss per sample, validation, bar);
+    returns the seconds the epochs took."""
+    count = min(chunk, epochs - len(history))
+    orders = [rng.permutation(n) if shuffled else None for _ in range(count)]
+    started = time.perf_counter()
+    values = run_epochs(orders)
+    elapsed = time.perf_counter() - started
+    for value in values:
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"train: the loss became {value} at epoch {len(history) + 1} "
+                f"(optimizer {optim!r}); training diverged. Lower the learning "
+                f"rate, scale the inputs, or use float64")
+        history.append(per_sample(loss, value, n, n_batches))
+    postfix = {"loss": history[-1]}
+    if validation_data is not None:
+        x_val, y_val = validation_data
+        pred = predict(model, x_val, None)
+        postfix["val_loss"] = per_sample(loss, float(loss(pred, y_val)), len(x_val))
+        history.history["val_loss"].append(postfix["val_loss"])
+        history.history["val_accuracy"].append(accuracy(pred, y_val))
+    if verbose:
+        bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+    bar.update(len(values))
+    return elapsed
 
 
 def predict(model, x, batch_size=None):
@@ -129,13 +195,15 @@ def predict(model, x, batch_size=None):
     plan = plan_for(model, min(batch_size, len(x)))
     if plan is not None:
         return plan.predict(x)
-    if batch_size >= len(x):
-        return model._forward(x)
-    return np.concatenate([model._forward(x[i:i + batch_size])
-                           for i in range(0, len(x), batch_size)])
+    with _FORWARD_LOCK:
+        if batch_size >= len(x):
+            return model._forward(x)
+        return np.concatenate([model._forward(x[i:i + batch_size])
+                               for i in range(0, len(x), batch_size)])
 
 
 def evaluate(model, x, y, loss=None):
     x, y = _xy(model, x, y, "evaluate")
-    loss = MSE() if loss is None else loss
-    return float(loss(model._forward(x), y))
+    # A copy of the loss: it keeps its last inputs, and evaluate may run in many threads.
+    loss = MSE() if loss is None else copy.copy(_instance(loss, "loss", "loss.MSE()"))
+    return float(loss(predict(model, x), y))

@@ -19,7 +19,11 @@ class MSE:
 
 
 class CategoricalCrossentropy:
-    """-sum(y * log(p)) summed over batch and classes; p clipped to [eps, 1]."""
+    """-sum(y * log(p)) summed over batch and classes; p clipped to [eps, 1]. ``backward``
+    is the gradient of the clipped sum w.r.t. p; after a Softmax, Model.backward uses the
+    unclipped loss's gradient w.r.t. the logits instead (see ``logits_gradient``)."""
+
+    summed = True
 
     def __call__(self, pred, y):
         self.pred, self.y = pred, y
@@ -29,6 +33,10 @@ class CategoricalCrossentropy:
     def backward(self):
         return -self.y / self.p
 
+    def logits_gradient(self):
+        """d/dz of -sum(y * log softmax(z)): p * sum(y) - y, with p unclipped."""
+        return self.pred * self.y.sum(axis=1, keepdims=True) - self.y
+
 
 class BinaryCrossentropy:
     """-sum(y log p + (1 - y) log(1 - p)) over batch and outputs; p clipped to [eps, 1-eps].
@@ -37,11 +45,18 @@ class BinaryCrossentropy:
     round to 1 - 1.19e-7, and a p of exactly 1 would cost less than a p of exactly 0.
     """
 
+    summed = True
+
     def __call__(self, pred, y):
         eps = clip_eps(pred.dtype)
+        self.pred = pred
         self.dtype, self.y = pred.dtype, np.asarray(y, np.float64)
         self.p = np.clip(np.asarray(pred, np.float64), eps, 1 - eps)
         return -np.sum(self.y * np.log(self.p) + (1 - self.y) * np.log1p(-self.p))
 
     def backward(self):
         return ((self.p - self.y) / (self.p * (1 - self.p))).astype(self.dtype)
+
+    def logits_gradient(self):
+        """d/dz of the binary cross-entropy of sigmoid(z): p - y, with p unclipped."""
+        return self.pred - self.y.astype(self.dtype)

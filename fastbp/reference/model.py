@@ -1,9 +1,12 @@
 """Reference Model: a stack of layers, trained by ``train``."""
 import numpy as np
 
-from .loss import MSE
-from .modules import Linear
+from .loss import MSE, BinaryCrossentropy, CategoricalCrossentropy
+from .modules import Linear, Sigmoid, Softmax
 from .optim import SGD
+
+# The output pairs whose gradient w.r.t. the activation's input needs no division by p.
+PAIRS = {CategoricalCrossentropy: Softmax, BinaryCrossentropy: Sigmoid}
 
 
 class Model:
@@ -21,9 +24,27 @@ class Model:
             output = layer(output)
         return output
 
+    def backward(self, loss):
+        """Backward pass from ``loss`` through every layer. When the model ends in Softmax
+        and ``loss`` is CategoricalCrossentropy (or Sigmoid and BinaryCrossentropy) and the
+        loss was last called on that output, the gradient w.r.t. the logits is the
+        unclipped loss's, p * sum(y) - y (p - y): right even where p < eps, where the
+        clipped loss's gradient -y / p times the activation's derivative is ~0."""
+        layers, last = self.layers, self.layers[-1]
+        if type(last) is PAIRS.get(type(loss)) and getattr(loss, "pred", None) is \
+                getattr(last, "output", None):
+            grad, layers = loss.logits_gradient(), layers[:-1]
+        else:
+            grad = loss.backward()
+        for layer in reversed(layers):
+            grad = layer.backward(grad)
+        return grad
+
     def train(self, x, y, optim=None, loss=None, epochs=10, batch_size=None,
               shuffle=True, seed=None):
-        """Returns the per-epoch loss: the mean of the batch losses before each update."""
+        """Returns the per-epoch loss per sample: the mean over the epoch's samples of the
+        loss before each update (summed losses divided by the rows, MSE the mean of the
+        batch means)."""
         optim = SGD() if optim is None else optim
         loss = MSE() if loss is None else loss
         x = np.asarray(x, dtype=self.dtype)
@@ -39,5 +60,8 @@ class Model:
                 rows = order[start:start + batch_size]
                 batch_losses.append(loss(self(x[rows]), y[rows]))
                 optim(self, loss)
-            history.append(float(np.mean(batch_losses)))
+            if getattr(loss, "summed", False):
+                history.append(float(np.sum(batch_losses) / n))
+            else:
+                history.append(float(np.mean(batch_losses)))
         return history

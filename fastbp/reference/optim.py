@@ -1,7 +1,8 @@
 """Reference optimizers: SGD, Momentum, RMSProp, Adam, called as ``optim(model, loss)``.
 
 Each call runs the backward pass from the last layer to the first, then updates every
-Layer's ``w`` and ``b`` in place.
+Layer's ``w`` and ``b`` in place. An optimizer with state (all but SGD) serves one model:
+its moments and its step count t belong to that model, so another model is refused.
 """
 import numpy as np
 
@@ -9,14 +10,25 @@ from .modules import Layer
 
 
 class Optimizer:
+    stateful = True
+
     def __init__(self, lr):
         self.lr = lr
         self.state = {}
+        self.model = None
 
     def __call__(self, model, loss):
-        grad = loss.backward()
-        for layer in reversed(model.layers):
-            grad = layer.backward(grad)
+        if self.stateful:
+            if self.model is not None and self.model is not model:
+                raise ValueError(f"{type(self).__name__} already holds the state of another "
+                                 f"model; make one optimizer per model")
+            self.model = model
+        if callable(getattr(model, "backward", None)):
+            model.backward(loss)
+        else:
+            grad = loss.backward()
+            for layer in reversed(model.layers):
+                grad = layer.backward(grad)
         self.begin_step()
         for layer in model.layers:
             if isinstance(layer, Layer):
@@ -29,6 +41,8 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    stateful = False
+
     def __init__(self, lr=0.01):
         super().__init__(lr)
 

@@ -1,0 +1,805 @@
+"""Issue 10, hardening round 2: state that stays consistent (Ctrl-C, shared or changed
+layers, shared optimizers, threads), the fused pairs at saturation against the reference,
+loss and val_loss on one scale, files that cannot hurt, messages instead of tracebacks.
+
+Whatever can crash, hang or needs signals or environment variables runs in a child
+process (``cwd=tmp_path``, so the source folder cannot shadow the installed package).
+"""
+import gc
+import io
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import data, layers, loss, optim
+from fastbp.reference import layers as R
+from fastbp.reference import loss as RL
+from fastbp.reference import optim as RO
+from conftest import assert_close
+
+
+def _child(tmp_path, code, env=None, timeout=300):
+    """Run ``code`` in a fresh interpreter and return its stdout; fail unless it exits 0."""
+    full_env = dict(os.environ, PYTHONFAULTHANDLER="1", **(env or {}))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path,
+                         env=full_env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, (f"child exited with {out.returncode}\n--- stdout\n"
+                                 f"{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-5000:]}")
+    return out.stdout
+
+
+def _data(n=24, n_in=3, n_out=2, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_in)), np.eye(n_out)[rng.integers(0, n_out, n)]
+
+
+def _linear(units, n_in, seed, dtype=np.float64):
+    """A built Linear with weights from ``seed`` (not from the global generator)."""
+    lin = layers.Linear(units, init="xavier", rng=np.random.default_rng(seed))
+    lin.build(n_in, dtype)
+    lin.b = np.random.default_rng(seed + 100).standard_normal(units) * 0.1
+    return lin
+
+
+def _reference_of(model):
+    """A reference Model with the same layers and current weights as fastbp ``model``."""
+    stack = []
+    for layer in model.layers:
+        if isinstance(layer, layers.Linear):
+            ref = R.Linear(layer.units, dtype=model.dtype)
+            ref.w, ref.b, ref.initialized = layer.w.copy(), layer.b.copy(), True
+            stack.append(ref)
+        else:
+            stack.append(getattr(R, type(layer).__name__)())
+    return R.Model(stack, dtype=model.dtype)
+
+
+def _linear_weights(model):
+    return [a for l in model.layers if hasattr(l, "w") for a in (l.w, l.b)]
+
+
+class _SlowSGD(optim.SGD):
+    """A custom optimizer (same update as SGD): forces the layer-by-layer path."""
+
+
+# ================================================== 1. Ctrl-C leaves a consistent state
+
+INTERRUPT_CODE = """
+    import signal, threading, time
+    import numpy as np
+    from fastbp import layers, loss, optim
+
+    class Tanh2(layers.Activation):   # a custom layer: the layer-by-layer path
+        def __call__(self, x):
+            self.out = np.tanh(x)
+            return self.out
+        def backward(self, g):
+            return g * (1 - self.out ** 2)
+
+    def net():
+        rng = np.random.default_rng(0)
+        act = Tanh2() if PATH == "layerwise" else layers.Tanh()
+        return layers.Model([layers.Linear(16, init="he", rng=rng), act,
+                             layers.Linear(3, init="xavier", rng=rng), layers.Softmax()])
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((256, 8))
+    y = np.eye(3)[rng.integers(0, 3, 256)]
+    kw = dict(loss=loss.CategoricalCrossentropy(), batch_size=32, shuffle=False,
+              verbose=False)
+    steps_per_epoch = 256 // 32
+
+    m, opt = net(), optim.Adam(lr=1e-3)
+    m.train(x, y, optim=opt, epochs=1, **kw)          # compile before the timer starts
+    threading.Timer(0.7, signal.raise_signal, (signal.SIGINT,)).start()
+    try:
+        m.train(x, y, optim=opt, epochs=10**7, **kw)
+        raise SystemExit("training was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    done = 1 + len(m.history)
+    assert done > 1 and opt.t == done * steps_per_epoch, (done, opt.t)
+    assert all(np.isfinite(m.history))
+    m.train(x, y, optim=opt, epochs=3, **kw)           # resume
+
+    straight, opt2 = net(), optim.Adam(lr=1e-3)
+    straight.train(x, y, optim=opt2, epochs=done + 3, **kw)
+    assert opt2.t == opt.t
+    np.testing.assert_allclose(m.params, straight.params, rtol=1e-12, atol=0)
+    for a, b in zip(opt.state["flat"], opt2.state["flat"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    print("ok", done)
+"""
+
+
+@pytest.mark.parametrize("path", ["plan", "layerwise"])
+def test_ctrl_c_leaves_weights_state_t_and_history_describing_the_same_steps(tmp_path, path):
+    out = _child(tmp_path, f"PATH = {path!r}\n" + textwrap.dedent(INTERRUPT_CODE))
+    assert out.startswith("ok")
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_handlers_are_restored(tmp_path):
+    code = """
+        import signal
+        import numpy as np
+        from fastbp import layers, loss, optim
+
+        class Stuck(layers.Activation):   # a custom layer that asks for two Ctrl-C
+            def __call__(self, x):
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
+                return x
+            def backward(self, g):
+                return g
+
+        m = layers.Model([layers.Linear(2), Stuck()])
+        try:
+            m.train(np.ones((4, 3)), np.ones((4, 2)), epochs=5, verbose=False)
+        except KeyboardInterrupt:
+            print("interrupted", len(m.history))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    """
+    assert _child(tmp_path, code).split() == ["interrupted", "0"]
+
+
+# ====================================== 2. a Linear belongs to one model; layers may change
+
+def test_a_linear_already_in_another_model_is_refused_by_name():
+    x, y = _data()
+    lin = layers.Linear(2)
+    a = layers.Model([lin])
+    a.train(x, y, epochs=2, verbose=False)
+    with pytest.raises(ValueError, match=r"layer 0 \(Linear\(2\)\) already belongs to "
+                                         r"another Model.*use a new Linear"):
+        layers.Model([lin])
+    np.testing.assert_array_equal(a.predict(x), a(x))  # a is untouched
+    del a
+    gc.collect()
+    layers.Model([lin])  # free again once its model is gone
+
+
+def test_a_layer_used_twice_in_one_model_is_refused():
+    t = layers.Linear(3)
+    with pytest.raises(ValueError, match=r"layer 2 \(Linear\(3\)\) is the same object as "
+                                         r"layer 0.*new instance"):
+        layers.Model([t, layers.Tanh(), t])
+    r = layers.Relu()
+    with pytest.raises(ValueError, match="layer 2 .*same object as layer 0"):
+        layers.Model([r, layers.Linear(3), r])
+
+
+def test_model_none_or_empty_is_refused_at_construction():
+    with pytest.raises(TypeError, match="Model: layers must be a list of layers"):
+        layers.Model(None)
+    with pytest.raises(ValueError, match="Model: the layer list is empty"):
+        layers.Model([])
+
+
+def _train_both(model, x, y, epochs=4):
+    """Train fastbp ``model`` and its reference twin with SGD; compare weights, history."""
+    ref = _reference_of(model)
+    got = model.train(x, y, optim=optim.SGD(lr=0.05), loss=loss.MSE(), epochs=epochs,
+                      verbose=False)
+    want = ref.train(x, y, optim=RO.SGD(lr=0.05), loss=RL.MSE(), epochs=epochs)
+    assert_close(got, want, np.float64)
+    for a, b in zip(_linear_weights(model), _linear_weights(ref)):
+        assert_close(a, b, np.float64)
+    assert_close(model.predict(x), ref(x), np.float64)
+    np.testing.assert_array_equal(model.predict(x), model(x))
+
+
+def test_a_linear_replaced_after_training_is_the_one_trained():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    m.train(x, y, optim=optim.SGD(lr=0.05), epochs=3, verbose=False)
+    old = m.layers[0]
+    m.layers[0] = _linear(4, 3, 7)
+    _train_both(m, x, y)
+    assert np.shares_memory(m.layers[0].w, m.params)
+    assert not np.shares_memory(old.w, m.params)
+    layers.Model([old])  # taken out of m: free for another model
+    other = layers.Model([_linear(4, 3, 3), layers.Tanh(), _linear(2, 4, 4)])
+    m.layers[2] = other.layers[2]      # a Linear of another model, put in by hand
+    with pytest.raises(ValueError, match=r"layer 2 \(Linear\(2\)\) already belongs to "
+                                         r"another Model"):
+        m.predict(x)
+
+
+def test_layers_appended_or_removed_after_training_rebuild_the_buffers():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(3, 4, 1)])
+    m.train(x, y[:, :1].repeat(3, 1), epochs=2, verbose=False)
+    m.layers += [layers.Tanh(), _linear(2, 3, 2)]      # append, already built
+    _train_both(m, x, y)
+    assert m.params.size == (3 * 4 + 4) + (4 * 3 + 3) + (3 * 2 + 2)
+    m.layers.append(layers.Linear(2))                  # append, built by the next call
+    np.random.seed(3)
+    assert m.predict(x).shape == (len(x), 2)
+    _train_both(m, x, y)
+    del m.layers[-2:]                                  # remove
+    del m.layers[-1]
+    _train_both(m, x, y[:, :1].repeat(3, 1))
+    assert m.params.size == (3 * 4 + 4) + (4 * 3 + 3)
+
+
+def test_a_linear_rebuilt_in_place_is_gathered_into_the_buffers_again():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    m.train(x, y, epochs=2, verbose=False)
+    m.layers[0].build(3)                 # new weights in a buffer of the layer's own
+    m.layers[0].w = np.full((3, 4), 0.1)
+    _train_both(m, x, y)
+    assert np.shares_memory(m.layers[0].w, m.params)
+
+
+def test_a_stateful_optimizer_refuses_a_model_whose_layers_changed():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    opt = optim.Adam(lr=0.01)
+    m.train(x, y, optim=opt, epochs=2, verbose=False)
+    m.layers[0] = _linear(4, 3, 5)
+    with pytest.raises(ValueError, match="parameters were rebuilt.*new optimizer"):
+        m.train(x, y, optim=opt, epochs=1, verbose=False)
+
+
+# ================================= 3. the fused pairs agree with the reference at saturation
+
+def _saturated_pair(out_layer, n_out, dtype=np.float64):
+    lin = layers.Linear(n_out)
+    lin.build(2, dtype)
+    lin.w = [[40.0, -40.0], [0.0, 0.0]] if n_out == 2 else [[40.0], [0.0]]
+    lin.b = np.zeros(n_out)
+    return layers.Model([lin, out_layer()], dtype=dtype)
+
+
+@pytest.mark.parametrize("out_layer, the_loss, y, want", [
+    (layers.Softmax, "CategoricalCrossentropy", [[0, 1]], [[39.9, -39.9], [0, 0]]),
+    (layers.Sigmoid, "BinaryCrossentropy", [[0]], [[39.9], [0]]),
+])
+@pytest.mark.parametrize("route", ["plan", "layerwise", "reference"])
+def test_one_sgd_step_at_saturation_is_p_minus_y(out_layer, the_loss, y, want, route):
+    """p = softmax([40, -40]) = [1, 4e-35] against y = [0, 1]: the gradient w.r.t. the
+    logits is p - y = [1, -1], so w[0] moves by 0.1 (the clipped loss would give ~0)."""
+    x, y = np.array([[1.0, 0.0]]), np.array(y, np.float64)
+    m = _saturated_pair(out_layer, y.shape[1])
+    if route == "reference":
+        ref = _reference_of(m)
+        ref.train(x, y, optim=RO.SGD(lr=0.1), loss=getattr(RL, the_loss)(), epochs=1)
+        w = ref.layers[0].w
+    else:
+        opt = optim.SGD(lr=0.1) if route == "plan" else _SlowSGD(lr=0.1)
+        m.train(x, y, optim=opt, loss=getattr(loss, the_loss)(), epochs=1, verbose=False)
+        w = m.layers[0].w
+    np.testing.assert_allclose(w, want, rtol=1e-12, atol=1e-12)
+
+
+def _saturated_net(dtype):
+    rng = np.random.default_rng(3)
+    return layers.Model([layers.Linear(30, init="he", rng=rng), layers.Relu(),
+                         layers.Linear(20, init="he", rng=rng), layers.Relu(),
+                         layers.Linear(4, init="he", rng=rng), layers.Softmax()], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_saturated_softmax_net_trains_alike_on_plan_layerwise_and_reference(dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 6)) * 30       # logits in the hundreds: p < eps is common
+    y = np.eye(4)[rng.integers(0, 4, 64)]
+    nets = [_saturated_net(dtype) for _ in range(2)]
+    probs = nets[0].predict(x)
+    assert (probs < RL.clip_eps(dtype)).mean() > 0.2   # saturated from the start
+    ref = _reference_of(nets[0])
+    kw = dict(loss=loss.CategoricalCrossentropy(), epochs=20, batch_size=16, seed=0,
+              verbose=False)
+    h_plan = nets[0].train(x, y, optim=optim.SGD(lr=1e-3), **kw)
+    h_slow = nets[1].train(x, y, optim=_SlowSGD(lr=1e-3), **kw)
+    h_ref = ref.train(x, y, optim=RO.SGD(lr=1e-3), loss=RL.CategoricalCrossentropy(),
+                      epochs=20, batch_size=16, seed=0)
+    assert_close(h_plan, h_ref, dtype)
+    assert_close(h_slow, h_ref, dtype)
+    for a, b, c in zip(_linear_weights(nets[0]), _linear_weights(nets[1]),
+                       _linear_weights(ref)):
+        assert_close(a, c, dtype)
+        assert_close(b, c, dtype)
+    assert h_ref[-1] < 0.5 * h_ref[0]   # and the saturated net does learn
+
+
+# ================================================ 4. optimizer state bound to its model
+
+@pytest.mark.parametrize("name", ["Momentum", "RMSProp", "Adam"])
+def test_a_stateful_optimizer_refuses_a_second_model_like_the_reference(name):
+    x, y = _data()
+    a = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    b = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    ra, rb = _reference_of(a), _reference_of(b)
+    opt, ropt = getattr(optim, name)(lr=0.01), getattr(RO, name)(lr=0.01)
+    a.train(x, y, optim=opt, epochs=2, verbose=False)
+    ra.train(x, y, optim=ropt, epochs=2)
+    before = b.predict(x)
+    with pytest.raises(ValueError, match=rf"{name}\(lr=0.01[,)].*already holds the state "
+                                         rf"of another model.*one optimizer per model"):
+        b.train(x, y, optim=opt, epochs=1, verbose=False)
+    with pytest.raises(ValueError, match="another model"):
+        rb.train(x, y, optim=ropt, epochs=1)
+    np.testing.assert_array_equal(b.predict(x), before)   # refused before any step
+    mse = loss.MSE()
+    mse(b(x), y)
+    with pytest.raises(ValueError, match="another model"):
+        opt(b, mse)                                   # called directly, as the original
+    # reset() hands it to b, which then trains exactly as with a new optimizer
+    opt.reset()
+    b.train(x, y, optim=opt, epochs=3, verbose=False)
+    fresh = getattr(RO, name)(lr=0.01)
+    rb.train(x, y, optim=fresh, epochs=3)
+    for p, q in zip(_linear_weights(b), _linear_weights(rb)):
+        assert_close(p, q, np.float64)
+
+
+def test_sgd_keeps_no_state_and_may_serve_several_models():
+    x, y = _data()
+    a = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    b = layers.Model([_linear(4, 3, 2), layers.Tanh(), _linear(2, 4, 3)])
+    ra, rb = _reference_of(a), _reference_of(b)
+    opt, ropt = optim.SGD(lr=0.1), RO.SGD(lr=0.1)
+    for m, r in ((a, ra), (b, rb), (a, ra)):
+        m.train(x, y, optim=opt, epochs=2, verbose=False)
+        r.train(x, y, optim=ropt, epochs=2)
+        for p, q in zip(_linear_weights(m), _linear_weights(r)):
+            assert_close(p, q, np.float64)
+
+
+def test_loaded_optimizer_state_must_match_the_model(tmp_path):
+    x, y = _data()
+    a = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    opt = optim.Adam(lr=0.01)
+    a.train(x, y, optim=opt, epochs=2, verbose=False)
+    fastbp.save(a, tmp_path / "a.npz", opt)
+    other = layers.Model([_linear(5, 3, 0), layers.Tanh(), _linear(2, 5, 1)])
+    with pytest.raises(ValueError, match="state is for 26 parameters, the model has 32"):
+        other.train(x, y, optim=fastbp.load_optimizer(tmp_path / "a.npz"), epochs=1,
+                    verbose=False)
+    resumed = fastbp.load(tmp_path / "a.npz")    # the matching model resumes exactly
+    resumed.train(x, y, optim=fastbp.load_optimizer(tmp_path / "a.npz"), epochs=2,
+                  verbose=False)
+    a.train(x, y, optim=opt, epochs=2, verbose=False)
+    np.testing.assert_array_equal(resumed.params, a.params)
+
+
+# ============================================================ 5. predict from many threads
+
+THREADS_CODE = """
+    import threading
+    import numpy as np
+    from fastbp import layers, loss
+
+    class Tanh2(layers.Activation):
+        def __call__(self, x):
+            self.out = np.tanh(x)
+            return self.out
+        def backward(self, g):
+            return g * (1 - self.out ** 2)
+
+    rng = np.random.default_rng(0)
+    for act in (layers.Tanh, Tanh2):   # compiled plan, then layer by layer
+        m = layers.Model([layers.Linear(256, init="he", rng=rng), act(),
+                          layers.Linear(256, init="he", rng=rng), layers.Relu(),
+                          layers.Linear(10, rng=rng), layers.Softmax()])
+        xs = [rng.standard_normal((200 + 37 * i, 64)) for i in range(4)]
+        ys = [np.eye(10)[rng.integers(0, 10, len(x))] for x in xs]
+        serial = [m.predict(x) for x in xs]
+        serial_loss = [m.evaluate(x, y, loss.CategoricalCrossentropy()) for x, y in zip(xs, ys)]
+        shared_loss = loss.CategoricalCrossentropy()
+        got, errors = {}, []
+
+        def work(i):
+            try:
+                for r in range(20):
+                    got[i, r] = (m.predict(xs[i]), m.evaluate(xs[i], ys[i], shared_loss))
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        bad = sum(not np.array_equal(p, serial[i]) or v != serial_loss[i]
+                  for (i, r), (p, v) in got.items())
+        print(act.__name__, bad, len(got))
+"""
+
+
+def test_predict_and_evaluate_from_four_threads_equal_serial_results_exactly(tmp_path):
+    out = _child(tmp_path, THREADS_CODE).split()
+    assert out == ["Tanh", "0", "80", "Tanh2", "0", "80"]
+    # model(x) keeps activations for backward: its docstring says it is not thread-safe
+    assert "not thread-safe" in " ".join(layers.Model.__call__.__doc__.split())
+    assert "many threads" in " ".join(layers.Model.predict.__doc__.split())
+
+
+# ================================================== 6. what determinism holds, in float32
+
+FLOAT32_CODE = """
+    import hashlib
+    import numpy as np
+    from fastbp import layers, loss, optim
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 512)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 256)]
+    net = layers.Model([layers.Linear(512, init="he", rng=rng), layers.Relu(),
+                        layers.Linear(10, rng=rng), layers.Softmax()], dtype=np.float32)
+    net.train(x, y, optim.Adam(lr=1e-3), loss.CategoricalCrossentropy(), epochs=2,
+              batch_size=128, seed=0, verbose=False)
+    print(hashlib.sha256(net.params.tobytes()).hexdigest())
+"""
+
+
+def test_float32_is_bitwise_repeatable_for_a_fixed_blas_thread_count(tmp_path):
+    for blas in ("1", "2"):
+        env = {"OPENBLAS_NUM_THREADS": blas, "MKL_NUM_THREADS": blas, "OMP_NUM_THREADS": blas}
+        runs = {_child(tmp_path, FLOAT32_CODE, env) for _ in range(2)}
+        assert len(runs) == 1, (blas, runs)
+
+
+# ========================================= 7. loss and val_loss per sample, on one scale
+
+@pytest.mark.parametrize("make_loss, out", [(loss.CategoricalCrossentropy, layers.Softmax),
+                                            (loss.BinaryCrossentropy, layers.Sigmoid),
+                                            (loss.MSE, layers.Sigmoid)])
+def test_loss_and_val_loss_are_both_per_sample(make_loss, out):
+    """Full batch with the training set as validation set: the loss of epoch e + 1 is taken
+    before its update, so it is the validation loss after epoch e, on the same scale."""
+    x, y = _data(n=40)
+    m = layers.Model([_linear(5, 3, 0), layers.Tanh(), _linear(2, 5, 1), out()])
+    ref = _reference_of(m)
+    first = make_loss()(ref(x), y)   # the reference's loss of the untrained model
+    h = m.train(x, y, optim=optim.SGD(lr=0.01), loss=make_loss(), epochs=4,
+                validation_data=(x, y), verbose=False)
+    assert_close(h[1:], h.history["val_loss"][:-1], np.float64)
+    scale = 1 if make_loss is loss.MSE else len(x)
+    assert_close(h[0], first / scale, np.float64)
+
+
+def test_minibatch_epoch_loss_is_the_mean_over_samples_like_the_reference():
+    x, y = _data(n=50)   # batches of 16, 16, 16, 2
+    m = layers.Model([_linear(5, 3, 0), layers.Tanh(), _linear(2, 5, 1), layers.Softmax()])
+    ref = _reference_of(m)
+    h = m.train(x, y, optim=optim.SGD(lr=0.01), loss=loss.CategoricalCrossentropy(),
+                epochs=3, batch_size=16, seed=2, verbose=False)
+    hr = ref.train(x, y, optim=RO.SGD(lr=0.01), loss=RL.CategoricalCrossentropy(),
+                   epochs=3, batch_size=16, seed=2)
+    assert_close(h, hr, np.float64)
+    assert 0.3 < h[0] < 3   # per sample: about log(2) for two classes, not 16 * that
+
+
+# ====================================================================== 12. API misuse
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(optim=optim.SGD), r"optim must be an instance, not the class SGD; pass an "
+                            r"instance, e.g. optim.SGD\(lr=0.01\)"),
+    (dict(optimizer=optim.Adam), r"not the class Adam.*optim.SGD\(lr=0.01\)"),
+    (dict(loss=loss.MSE), r"loss must be an instance, not the class MSE.*loss.MSE\(\)"),
+])
+def test_classes_instead_of_instances_are_refused_with_the_fix(kwargs, match):
+    x, y = _data()
+    with pytest.raises(TypeError, match=match):
+        layers.Model([layers.Linear(2)]).train(x, y, epochs=1, verbose=False, **kwargs)
+    with pytest.raises(TypeError, match=r"loss must be an instance.*loss.MSE\(\)"):
+        layers.Model([layers.Linear(2)]).evaluate(x, y, loss=loss.MSE)
+
+
+class _FortranLayer(layers.Layer):
+    """A custom Linear whose w is Fortran-ordered."""
+
+    def __init__(self, w):
+        self.w = np.asfortranarray(w)
+        self.b = np.zeros(w.shape[1])
+
+    def __call__(self, x):
+        self.x = x
+        return x @ self.w + self.b
+
+    def backward(self, g):
+        self.w_gradient, self.b_gradient = self.x.T @ g, g.sum(0)
+        return g @ self.w.T
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_a_custom_layer_with_fortran_ordered_w_is_updated_like_the_reference(name):
+    x, y = _data()
+    w = np.random.default_rng(5).standard_normal((3, 2))
+    m = layers.Model([_FortranLayer(w)])
+    ref = R.Model([R.Linear(2)])
+    ref.layers[0].w, ref.layers[0].b, ref.layers[0].initialized = w.copy(), np.zeros(2), True
+    h = m.train(x, y, optim=getattr(optim, name)(lr=0.05), epochs=3, verbose=False)
+    hr = ref.train(x, y, optim=getattr(RO, name)(lr=0.05), epochs=3)
+    assert_close(h, hr, np.float64)
+    assert_close(m.layers[0].w, ref.layers[0].w, np.float64)
+    assert not np.allclose(m.layers[0].w, w)
+
+
+def test_a_custom_layer_with_a_strided_w_is_refused_about_memory_order():
+    x, y = _data()
+    layer = _FortranLayer(np.zeros((3, 2)))
+    layer.w = np.zeros((3, 4))[:, ::2]
+    with pytest.raises(TypeError, match=r"w that is not contiguous in memory.*"
+                                        r"np.ascontiguousarray"):
+        layers.Model([layer]).train(x, y, epochs=1, verbose=False)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, 1, float("nan"), "0.2", True])
+def test_digits_refuses_a_test_fraction_outside_0_1(fraction):
+    with pytest.raises(ValueError, match=r"digits: test_fraction must be a number in \[0, 1\)"):
+        data.digits(test_fraction=fraction)
+
+
+# ============================================ 9. loading validates before it reads anything
+
+def _saved(tmp_path, with_optimizer=True, dtype=np.float64):
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0, dtype), layers.Tanh(), _linear(2, 4, 1, dtype),
+                      layers.Softmax()], dtype=dtype)
+    opt = optim.Adam(lr=0.01)
+    m.train(x, y, optim=opt, loss=loss.CategoricalCrossentropy(), epochs=2, verbose=False)
+    path = tmp_path / "good.npz"
+    fastbp.save(m, path, opt if with_optimizer else None)
+    return path
+
+
+def _entries(path):
+    """{entry name: array} of an .npz, read with NumPy itself (the test's own reader)."""
+    with np.load(path, allow_pickle=False) as d:
+        return {k: d[k] for k in d.files}
+
+
+def _meta(entries):
+    return json.loads(entries["__fastbp__"].tobytes().decode())
+
+
+def _rewrite(tmp_path, entries, meta=None, name="bad.npz"):
+    entries = dict(entries)
+    if meta is not None:
+        entries["__fastbp__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / name, **entries)
+    return tmp_path / name
+
+
+def _refused(path, match, optimizer=None):
+    with pytest.raises(fastbp.ModelFileError, match=match):
+        fastbp.load(path, optimizer)
+
+
+def test_a_npy_file_and_a_text_file_get_a_clear_model_file_error(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones(3))
+    _refused(tmp_path / "a.npy", "is a single .npy array, not a fastbp model file")
+    (tmp_path / "t.npz").write_text("just some text\n")
+    with pytest.raises(fastbp.ModelFileError, match="not a fastbp model file") as info:
+        fastbp.load(tmp_path / "t.npz")
+    assert "pickle" not in str(info.value)
+    (tmp_path / "e.npz").write_bytes(b"")
+    _refused(tmp_path / "e.npz", "not a fastbp model file")
+    with pytest.raises(fastbp.ModelFileError, match="not a fastbp model file"):
+        fastbp.load_optimizer(tmp_path / "t.npz")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["layers"][0].update(units="abc"), r"layer 0 \(Linear\) units must be an "
+                                                   r"integer >= 1, got 'abc'"),
+    (lambda m: m["layers"][0].update(units=0), "units must be an integer >= 1, got 0"),
+    (lambda m: m["layers"][0].update(n_in=2.5), "n_in must be an integer >= 1, got 2.5"),
+    (lambda m: m["layers"][0].update(init="magic"), "init 'magic' is not one of"),
+    (lambda m: m["layers"][1].update(type="Gelu"), "unknown layer type 'Gelu' at layer 1"),
+    (lambda m: m["layers"].append(7), "malformed architecture: layer 4 is 7"),
+    (lambda m: m.update(layers=[]), "'layers' must be a non-empty list"),
+    (lambda m: m.update(dtype="int8"), "dtype 'int8' is not float32 or float64"),
+    (lambda m: m.update(version=2), "format version 2 is not supported"),
+    (lambda m: m["optimizer"].update(type="Lion"), "unknown optimizer 'Lion'"),
+    (lambda m: m["optimizer"].update(t=-1), "t must be an integer >= 0, got -1"),
+    (lambda m: m["optimizer"]["hyper"].update(lr="fast"), "Adam hyper-parameters must be"),
+    (lambda m: m["optimizer"]["hyper"].update(beta1=2.0), r"bad Adam hyper-parameters"),
+    (lambda m: m["optimizer"].update(state={"flat": 5}), r"Adam state must be"),
+    (lambda m: m["optimizer"].update(state={"0.w": 2}), r"Adam state must be"),
+])
+def test_hand_edited_architectures_are_refused_with_model_file_error(tmp_path, edit, match):
+    entries = _entries(_saved(tmp_path))
+    meta = _meta(entries)
+    edit(meta)
+    path = _rewrite(tmp_path, entries, meta)
+    _refused(path, match)
+    with pytest.raises(fastbp.ModelFileError, match=match):
+        fastbp.load_optimizer(path)
+
+
+def test_inconsistent_widths_are_refused_at_load_not_at_predict(tmp_path):
+    entries = _entries(_saved(tmp_path, with_optimizer=False))
+    meta = _meta(entries)
+    meta["layers"][2].update(n_in=5)
+    entries["layer2.w"] = np.zeros((5, 2))
+    _refused(_rewrite(tmp_path, entries, meta), r"layer 2 \(Linear\) takes 5 inputs but the "
+                                                r"layer before it gives 4")
+
+
+def test_a_huge_architecture_in_a_small_file_allocates_nothing(tmp_path):
+    entries = _entries(_saved(tmp_path, with_optimizer=False))
+    meta = _meta(entries)
+    meta["layers"] = [{"type": "Linear", "units": 10**6, "n_in": 10**6}]
+    path = _rewrite(tmp_path, {"__fastbp__": entries["__fastbp__"],
+                               "layer0.w": entries["layer0.w"],
+                               "layer0.b": entries["layer0.b"]}, meta)
+    assert path.stat().st_size < 4000
+    _refused(path, r"'layer0.w' has shape \(3, 4\) and dtype float64, the architecture "
+                   r"needs \(1000000, 1000000\)")
+
+
+def _header_claiming(path, name, shape):
+    """Rewrite ``path`` so entry ``name`` has a .npy header claiming ``shape`` (8 bytes of
+    data), keeping its other entries."""
+    entries = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            entries[info.filename] = zf.read(info)
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    entries[name] = buf.getvalue() + b"\x00" * 8
+    with zipfile.ZipFile(path, "w") as zf:
+        for entry, raw in entries.items():
+            zf.writestr(entry, raw)
+
+
+def test_an_entry_whose_header_claims_1e12_floats_is_refused_without_reading(tmp_path):
+    path = _saved(tmp_path)
+    entries = _entries(path)
+    meta = _meta(entries)
+    meta["layers"][0].update(n_in=10**6, units=10**6)
+    meta["layers"][2].update(n_in=10**6)
+    meta.pop("optimizer")
+    path = _rewrite(tmp_path, {k: v for k, v in entries.items() if not k.startswith("opt")},
+                    meta)
+    _header_claiming(path, "layer0.w.npy", (10**6, 10**6))
+    _refused(path, r"'layer0.w' declares \d+ bytes, its header and data take 8000000000")
+
+
+def test_a_zip_bomb_in_an_unused_entry_is_refused_before_it_is_inflated(tmp_path):
+    path = _saved(tmp_path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("bomb.npy", "w", force_zip64=True) as f:
+            zero = bytes(1 << 20)
+            for _ in range(64):           # 64 MB of zeros, about 64 KB compressed
+                f.write(zero)
+    assert path.stat().st_size < 2_000_000
+    _refused(path, r"unexpected entries \['bomb.npy'\]")
+
+
+def test_a_bomb_in_a_named_entry_is_refused_by_its_size(tmp_path):
+    """bzip2 packs zeros far tighter than any real weights: 32 MB from a few hundred bytes
+    is refused from the sizes alone (fastbp itself writes entries uncompressed)."""
+    n = 2048
+    meta = _meta(_entries(_saved(tmp_path, with_optimizer=False)))
+    meta["layers"] = [{"type": "Linear", "units": n, "n_in": n, "init": "uniform"}]
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as zf:
+        for name, arr in (("__fastbp__", np.frombuffer(json.dumps(meta).encode(), np.uint8)),
+                          ("layer0.w", np.zeros((n, n))), ("layer0.b", np.zeros(n))):
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+    assert path.stat().st_size < 10_000
+    _refused(path, rf"'layer0.w' claims {n * n * 8} bytes from \d+ stored")
+
+
+def test_a_misshapen_optimizer_state_array_is_refused_at_load(tmp_path):
+    entries = _entries(_saved(tmp_path))
+    entries["optim.flat.0"] = entries["optim.flat.0"][:-1]
+    path = _rewrite(tmp_path, entries)
+    with pytest.raises(fastbp.ModelFileError, match=r"'optim.flat.0' has shape \(25,\)"):
+        fastbp.load_optimizer(path)
+    _refused(path, r"'optim.flat.0' has shape \(25,\)", optim.Adam())
+    _refused(path, r"'optim.flat.0' has shape \(25,\)")   # also when only the model is read
+
+
+def test_extra_entries_are_refused(tmp_path):
+    entries = _entries(_saved(tmp_path))
+    entries["notes"] = np.zeros(3)
+    _refused(_rewrite(tmp_path, entries), r"unexpected entries \['notes.npy'\]")
+
+
+# ============================================= 10. saving: mode, symbolic links, messages
+
+def test_a_saved_file_gets_the_mode_np_save_gives(tmp_path):
+    m = layers.Model([_linear(2, 3, 0)])
+    old = os.umask(0o027)
+    try:
+        fastbp.save(m, tmp_path / "a.npz")
+        np.save(tmp_path / "b.npy", np.ones(1))
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.npz").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.npy").stat().st_mode) == 0o640
+    os.chmod(tmp_path / "a.npz", 0o604)          # an existing file keeps its mode
+    fastbp.save(m, tmp_path / "a.npz")
+    assert stat.S_IMODE((tmp_path / "a.npz").stat().st_mode) == 0o604
+
+
+def test_saving_over_a_symbolic_link_writes_its_target(tmp_path):
+    x, _ = _data()
+    m = layers.Model([_linear(2, 3, 0)])
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "model.npz"
+    fastbp.save(layers.Model([_linear(2, 3, 9)]), target)
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+    fastbp.save(m, link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    np.testing.assert_array_equal(fastbp.load(target).predict(x), m.predict(x))
+    assert sorted(os.listdir(tmp_path / "real")) == ["model.npz"]   # no temporary left
+
+
+def test_save_errors_name_the_path_asked_for(tmp_path):
+    m = layers.Model([_linear(2, 3, 0)])
+    path = tmp_path / "no-such-folder" / "m.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        fastbp.save(m, path)
+    assert info.value.filename == str(path) and ".tmp" not in str(info.value)
+
+
+# ======================================================= 11. the command line's messages
+
+def _cli(capsys, *args):
+    """(exit code, stdout, stderr) of ``fastbp args`` run in this process."""
+    from fastbp import cli
+    try:
+        code = cli.main(list(args)) or 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("args, match", [
+    (("xor", "--epochs", "0"), "argument --epochs: must be an integer >= 1, got 0"),
+    (("xor", "--seed", "-1"), "argument --seed: must be an integer >= 0, got -1"),
+    (("train", "digits", "--batch-size", "0"), "--batch-size: must be an integer >= 1"),
+    (("train", "digits", "--lr", "0"), "argument --lr: must be a finite number > 0, got 0"),
+    (("train", "digits", "--lr", "nan"), "argument --lr: must be a finite number > 0, got nan"),
+    (("train", "digits", "--lr", "fast"), "argument --lr: 'fast' is not a number"),
+    (("train", "spirals", "--seed", "-1"), "argument --seed: must be an integer >= 0"),
+    (("bench", "--rounds", "-2"), "argument --rounds: must be an integer >= 1, got -2"),
+    (("bench", "--rounds", "0"), "argument --rounds: must be an integer >= 1, got 0"),
+    (("train", "spirals", "--plot", "no-such-folder/c.png"), "--plot no-such-folder/c.png: "
+                                                            "cannot write there"),
+])
+def test_bad_command_line_values_are_usage_errors(capsys, args, match):
+    code, out, err = _cli(capsys, *args)
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert out == ""   # refused before any training or benchmark ran
+
+
+def test_divergence_on_the_command_line_is_one_line_and_a_non_zero_exit(capsys):
+    code, out, err = _cli(capsys, "train", "spirals", "--quiet", "--epochs", "3",
+                          "--lr", "1e30")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("fastbp: train: the loss became nan at epoch 1") and "diverged" in err
+
+
+def test_training_that_made_the_loss_worse_warns_and_the_batch_shown_is_effective(capsys):
+    code, out, err = _cli(capsys, "train", "spirals", "--quiet", "--epochs", "5",
+                          "--optimizer", "sgd", "--lr", "3")
+    first, last = (float(v) for v in re.search(r"loss rose from ([0-9.]+) \(epoch 1\) to "
+                                               r"([0-9.]+) \(epoch 5\)", err).groups())
+    assert code == 0 and last > first and len(err.strip().splitlines()) == 1
+    code, out, err = _cli(capsys, "train", "spirals", "--quiet", "--epochs", "2",
+                          "--batch-size", "100000")
+    assert code == 0 and "batch 240," in out and "100000" not in out   # 240 training rows
