@@ -8,6 +8,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._checks import as_batch, positive_int
 from .loss import MSE
 from .optim import SGD
@@ -53,7 +54,7 @@ class _NoBar:
 
 
 def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
-        verbose, loss_fn, optimizer):
+        verbose, loss_fn, optimizer, comm=None):
     optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
     loss = _pick(loss, loss_fn, "loss", "loss_fn", MSE)
     if not callable(optim):
@@ -62,6 +63,9 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     if not callable(loss) or not hasattr(loss, "backward"):
         raise TypeError(f"train: loss must be a loss object such as loss.MSE(), got {loss!r}")
     epochs = positive_int(epochs, "train", "epochs")
+    if comm is not None:   # all ranks agree on the inputs before anyone can raise alone
+        distributed.check_shards(comm, model, x, y, batch_size, validation_data)
+        verbose = verbose and comm.Get_rank() == 0
     x, y = _xy(model, x, y, "train")
     n = len(x)
     batch_size = n if batch_size is None else min(positive_int(batch_size, "train",
@@ -77,9 +81,14 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     history = History()
     if validation_data is not None:
         history.history.update(val_loss=[], val_accuracy=[])
-    run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
+    if comm is None:
+        run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
+    else:
+        run_epochs = distributed.epoch_runner(model, x, y, batch_size, optim, loss, comm)
     shuffled = shuffle and batch_size < n
     rng = np.random.default_rng(seed) if shuffled else None
+    if shuffled and comm is not None:
+        rng = distributed.rank_seed(seed, comm)
     # Epochs run in chunks (one compiled call each when the plan applies), sized to take
     # about `target` seconds: Python gets control back that often, for the progress bar
     # and for Ctrl-C (compiled code cannot be interrupted). Validation needs every epoch;
