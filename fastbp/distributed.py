@@ -71,7 +71,7 @@ def _describe(model, x, y, batch_size, validation_data):
                 raise ValueError(f"train: validation_data has shapes {shapes[0]} and "
                                  f"{shapes[1]}, but x has {facts['x'][1]} columns and y "
                                  f"has {facts['y'][1]}; they must match")
-    except (ValueError, TypeError) as err:
+    except Exception as err:   # any error: raising here alone would hang the others
         facts["error"] = f"{type(err).__name__}: {err}"
     return facts
 

@@ -180,3 +180,23 @@ def test_shard_refuses_fewer_rows_than_ranks():
     from fastbp.data import shard
     with pytest.raises(ValueError, match="3 rows cannot be split over 4 ranks"):
         shard(np.zeros((3, 2)), np.zeros((3, 1)), FakeComm(0, 4))
+
+
+def test_readme_mpi_example_runs_on_two_ranks_and_prints_once(tmp_path):
+    """The README's ```python mpi block, as written, under mpiexec -n 2."""
+    _needs_mpi()
+    pytest.importorskip("sklearn", reason="digits needs scikit-learn (the test extra)")
+    readme = (HERE.parent / "README.md").read_text()
+    blocks = re.findall(r"```python mpi\n(.*?)```", readme, re.S)
+    assert len(blocks) == 1
+    script = tmp_path / "train_mpi.py"
+    script.write_text(blocks[0])
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(script)], cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
+                                   OPENBLAS_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = done.stdout.split()
+    assert len(printed) == 1                       # rank 0 only
+    assert 0.93 <= float(printed[0]) <= 0.97       # "~0.95"
+    assert (tmp_path / "digits.npz").exists()
