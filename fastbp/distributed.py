@@ -133,11 +133,18 @@ class GradientExchange:
     """
 
     def __init__(self, model, comm, mean_loss):
+        from mpi4py import MPI   # only reached with a communicator
         self.model, self.comm, self.mean_loss = model, comm, mean_loss
+        self.in_place, self.op = MPI.IN_PLACE, MPI.SUM
         n_flat = 0 if model.grads is None else len(model.grads)
-        self.custom = _custom_layers(model)
-        sizes = [np.size(layer.w) + np.size(layer.b) for layer in self.custom]
-        self.buf = np.zeros(n_flat + sum(sizes) + 2, model.dtype)
+        self.slots = []   # (layer, "w" or "b", shape, offset) of custom layers' gradients
+        offset = n_flat
+        for layer in _custom_layers(model):
+            for name in ("w", "b"):
+                shape = np.shape(getattr(layer, name))
+                self.slots.append((layer, name, shape, offset))
+                offset += int(np.prod(shape))
+        self.buf = np.zeros(offset + 2, model.dtype)
         if n_flat:
             self._adopt_flat_grads(n_flat)
         self.seconds = 0.0   # time spent in the allreduce, for the benchmark
@@ -156,27 +163,18 @@ class GradientExchange:
     def sum(self, loss_value, rows):
         """Allreduce the gradients of this rank's batch of ``rows`` rows (and its loss);
         leaves the union batch's gradients in place and returns the union batch's loss."""
-        buf, offset = self.buf, 0 if self.model.grads is None else len(self.model.grads)
-        for layer in self.custom:
-            for name in ("w", "b"):
-                shape = np.shape(getattr(layer, name))
-                k = int(np.prod(shape))
-                grad = np.broadcast_to(getattr(layer, name + "_gradient"), shape)
-                buf[offset:offset + k] = grad.reshape(-1)
-                offset += k
+        buf = self.buf
+        for layer, name, shape, offset in self.slots:
+            grad = np.broadcast_to(getattr(layer, name + "_gradient"), shape)
+            buf[offset:offset + grad.size] = grad.reshape(-1)
         buf[-2] = loss_value * rows if self.mean_loss else loss_value
         buf[-1] = rows
-        from mpi4py import MPI   # only reached with a communicator
         started = time.perf_counter()
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        self.comm.Allreduce(self.in_place, buf, op=self.op)
         self.seconds += time.perf_counter() - started
-        offset = 0 if self.model.grads is None else len(self.model.grads)
-        for layer in self.custom:
-            for name in ("w", "b"):
-                shape = np.shape(getattr(layer, name))
-                k = int(np.prod(shape))
-                setattr(layer, name + "_gradient", buf[offset:offset + k].reshape(shape).copy())
-                offset += k
+        for layer, name, shape, offset in self.slots:
+            size = int(np.prod(shape))
+            setattr(layer, name + "_gradient", buf[offset:offset + size].reshape(shape).copy())
         return float(buf[-2] / buf[-1]) if self.mean_loss else float(buf[-2])
 
 
@@ -222,9 +220,10 @@ def epoch_runner(model, x, y, batch_size, optim, loss, comm):
     if plan is not None and code is not None and y.shape[1] != int(plan.spec[-1, 3]):
         raise ValueError(f"{type(loss).__name__}: y has shape {y.shape} but the prediction "
                          f"has shape {(n, int(plan.spec[-1, 3]))}; they must match")
-    n_params = 0 if model.params is None else len(model.params)
+    n_params = (0 if model.params is None else len(model.params)) + sum(
+        np.size(getattr(layer, name)) for layer in _custom_layers(model) for name in "wb")
     everyone = comm.allgather((n_params, -(-n // batch_size)))
-    if any(p != everyone[0][0] for p, _ in everyone):
+    if any(p != everyone[0][0] for p, _ in everyone):   # else the buffers would not match
         raise DistributedInputError(f"train (distributed): the models differ in size across "
                                     f"ranks ({[p for p, _ in everyone]} parameters); build "
                                     f"the same Model on every rank")
