@@ -223,7 +223,8 @@ def main(argv=None):
         print(f"one process without MPI (compiled epoch): {one['no_mpi_step_s'] * 1e3:.1f} ms "
               f"per step")
         print()
-        # allreduce time inside one rank is ~0: the step is compute
+        # c: one rank's step over its batch (the allreduce of one rank is ~0); it includes
+        # the per-step update, so the bound errs on the safe side for smaller batches
         print_scaling_table(n_parameters(), itemsize, one["step_s"] / args.batch)
     return results
 
