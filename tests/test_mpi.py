@@ -126,15 +126,16 @@ def test_faults_end_the_job_with_the_error_on_every_rank():
     assert done.returncode != 0
 
 
-def test_cli_trains_digits_across_ranks_and_reports_once(tmp_path):
+def test_cli_trains_digits_across_ranks_and_reports_once_with_one_bar(tmp_path):
     _needs_mpi()
     pytest.importorskip("sklearn", reason="digits needs scikit-learn (the test extra)")
     path = tmp_path / "digits.npz"
     # float64: the kernels the other launches compiled (a float32 compile, twice at once
     # on a shared machine, can take a minute)
     done = launch(2, "-m", "fastbp.cli", "train", "digits", "--distributed", "--epochs",
-                  "3", "--dtype", "float64", "--quiet", "--save", str(path))
+                  "3", "--dtype", "float64", "--save", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.count("100%|") == 1, done.stderr   # one progress bar: rank 0's
     reports = re.findall(r"test accuracy ([\d.]+)%", done.stdout)
     assert len(reports) == 1, done.stdout
     assert float(reports[0]) > 80   # 3 epochs of Adam on 2 x 719 rows
