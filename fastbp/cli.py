@@ -57,9 +57,22 @@ def xor(args):
 OPTIMIZERS = {"sgd": "SGD", "momentum": "Momentum", "rmsprop": "RMSProp", "adam": "Adam"}
 
 
+def _world(args):
+    """MPI.COMM_WORLD with --distributed (mpi4py imported only then), else None."""
+    if not args.distributed:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise SystemExit('--distributed needs mpi4py: pip install "fastbp[mpi]", then run '
+                         'mpiexec -n 2 fastbp train digits --distributed')
+    return MPI.COMM_WORLD
+
+
 def train(args):
     from . import data, io, layers, loss, optim
     from .training import accuracy
+    comm = _world(args)
     if args.dataset == "digits":
         (x, y), (x_test, y_test) = data.digits()
         hidden = [128, 64]
@@ -70,6 +83,9 @@ def train(args):
         (x_test, y_test), (x, y) = (x[order[:n_test]], y[order[:n_test]]), \
             (x[order[n_test:]], y[order[n_test:]])
         hidden = [64, 64]
+    if comm is not None:   # each rank trains on its contiguous share of the rows
+        x, y = data.shard(x, y, comm)
+    lead = comm is None or comm.Get_rank() == 0   # the one rank that prints
     dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(args.seed)
     stack = []
@@ -80,17 +96,24 @@ def train(args):
     opt = getattr(optim, OPTIMIZERS[args.optimizer])(lr=args.lr)
     history = net.train(x, y, optim=opt, loss=loss.CategoricalCrossentropy(),
                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                        validation_data=(x_test, y_test), verbose=not args.quiet)
+                        validation_data=(x_test, y_test), verbose=not args.quiet,
+                        comm=comm)
     acc = accuracy(net.predict(x_test), y_test)
-    print(f"{args.dataset}: {x.shape[1]}-{'-'.join(map(str, hidden))}-{y.shape[1]} "
-          f"{dtype.name}, {args.optimizer} lr {args.lr}, batch {min(args.batch_size, len(x))}, "
-          f"{args.epochs} epochs: final loss {history[-1]:.4f}, "
-          f"test accuracy {100 * acc:.2f}% ({len(x_test)} held-out samples)")
-    _warn_if_worse(history)
+    if comm is not None and lead:
+        print(f"{comm.Get_size()} ranks, {len(x)} rows and batch {args.batch_size} each "
+              f"(rank 0)")
+    if lead:
+        print(f"{args.dataset}: {x.shape[1]}-{'-'.join(map(str, hidden))}-{y.shape[1]} "
+              f"{dtype.name}, {args.optimizer} lr {args.lr}, "
+              f"batch {min(args.batch_size, len(x))}, {args.epochs} epochs: final loss "
+              f"{history[-1]:.4f}, test accuracy {100 * acc:.2f}% ({len(x_test)} held-out "
+              f"samples)")
+        _warn_if_worse(history)
     if args.save:
-        io.save(net, args.save, opt)
-        print(f"saved model and optimizer state to {args.save}")
-    if args.plot:
+        io.save(net, args.save, opt, comm=comm)
+        if lead:
+            print(f"saved model and optimizer state to {args.save}")
+    if args.plot and lead:
         _plot(history, args.plot)
         print(f"wrote {args.plot}")
 
@@ -161,6 +184,10 @@ def main(argv=None):
     p.add_argument("--save", metavar="PATH", help="save model + optimizer state (.npz)")
     p.add_argument("--plot", metavar="PATH", help="write a loss/accuracy curve PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI (mpiexec -n P fastbp train ... "
+                        "--distributed): each rank trains on its share of the rows, "
+                        "--batch-size is per rank; needs the mpi extra")
     p.set_defaults(run=train)
     p = sub.add_parser("bench", help="time the speed workloads against the competitors, "
                        "each library in its own worker process")

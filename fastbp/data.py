@@ -54,3 +54,23 @@ def digits(test_fraction=0.2):
     n_test = int(round(len(x) * test_fraction))
     test, train = order[:n_test], order[n_test:]
     return (x[train], y[train]), (x[test], y[test])
+
+
+def shard(x, y, comm):
+    """This rank's contiguous share of (x, y) for ``Model.train(..., comm=comm)``.
+
+    Rank r of p gets rows ``[r * n // p, (r + 1) * n // p)``: the shares differ by at
+    most one row and, in rank order, are the whole data set. Every rank must pass the
+    same x, y. ``comm``: an mpi4py communicator (only its rank and size are read).
+    Returns views ``x[lo:hi], y[lo:hi]``.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"shard: x has {n} rows but y has {len(y)}; they must match")
+    if n < size:
+        raise ValueError(f"shard: {n} rows cannot be split over {size} ranks (every rank "
+                         f"needs at least one row); use fewer ranks or more data")
+    lo, hi = rank * n // size, (rank + 1) * n // size
+    return x[lo:hi], y[lo:hi]

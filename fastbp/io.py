@@ -64,13 +64,17 @@ def _state_key(key):
     return key if isinstance(key, str) else f"{key[0]}.{key[1]}"
 
 
-def save(model, path, optimizer=None):
+def save(model, path, optimizer=None, comm=None):
     """Write ``model`` (and ``optimizer``'s state, to resume training exactly) to ``path``.
 
     The file is a NumPy .npz archive, written exactly at ``path`` (no suffix is added);
     when ``path`` is a symbolic link, the file it points to is written. Errors name
-    ``path``.
+    ``path``. With ``comm`` (an mpi4py communicator, after data-parallel training: every
+    rank holds the same weights), rank 0 alone writes, atomically as always, while the
+    other ranks wait for its outcome; an error on rank 0 is raised on every rank.
     """
+    if comm is not None:
+        return _save_on_rank0(model, path, optimizer, comm)
     if callable(getattr(model, "_sync", None)):
         model._sync()  # the layers as they are now (see Model)
     meta = {"format": FORMAT, "version": VERSION, "dtype": model.dtype.name,
@@ -95,6 +99,25 @@ def save(model, path, optimizer=None):
     path = os.fspath(path)
     _write_atomically(path, arrays)
     return path
+
+
+def _save_on_rank0(model, path, optimizer, comm):
+    """Rank 0 writes; its outcome is broadcast, which holds the other ranks back until the
+    file is complete (so nobody reads a half-written file) and never leaves them waiting
+    for a rank 0 that failed."""
+    failure = None
+    if comm.Get_rank() == 0:
+        try:
+            save(model, path, optimizer)
+        except Exception as err:   # shared below, then raised on every rank
+            failure = err
+    text = comm.bcast(None if failure is None else f"{type(failure).__name__}: {failure}",
+                      root=0)
+    if failure is not None:
+        raise failure
+    if text is not None:
+        raise OSError(f"save: rank 0 could not write {os.fspath(path)} ({text})")
+    return os.fspath(path)
 
 
 def _check_optimizer_matches(optimizer, model):

@@ -186,7 +186,8 @@ class Model:
         return grad
 
     def train(self, x, y, optim=None, loss=None, epochs=10, *, batch_size=None, shuffle=True,
-              seed=None, validation_data=None, verbose=True, loss_fn=None, optimizer=None):
+              seed=None, validation_data=None, verbose=True, loss_fn=None, optimizer=None,
+              comm=None):
         """Train and return the per-epoch loss history (a :class:`History` list).
 
         Parameters
@@ -200,6 +201,14 @@ class Model:
             ``np.random.default_rng(seed)`` (NumPy's global generator is never touched).
         validation_data : (x_val, y_val), evaluated after each epoch.
         verbose : show one progress bar over epochs with the current loss.
+        comm : an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) to train data-parallel:
+            each rank passes its own shard x, y (see ``fastbp.data.shard``) and
+            ``batch_size`` is per rank; rank 0's weights are broadcast first, each step
+            sums all ranks' gradients (one allreduce), every rank applies the same update,
+            so the weights stay bitwise identical. Shuffling uses a per-rank generator
+            derived from ``seed``; only rank 0 shows the progress bar. Every rank runs
+            the same number of steps per epoch, that of the rank with the fewest batches.
+            See ``fastbp.distributed`` and the README's "Many processes, many machines".
 
         Both the epoch loss and the validation loss are per sample, on one scale: the mean
         over the samples of the loss before each update (summed losses such as the
@@ -214,7 +223,7 @@ class Model:
         return training.fit(self, x, y, optim=optim, loss=loss, epochs=epochs,
                             batch_size=batch_size, shuffle=shuffle, seed=seed,
                             validation_data=validation_data, verbose=verbose,
-                            loss_fn=loss_fn, optimizer=optimizer)
+                            loss_fn=loss_fn, optimizer=optimizer, comm=comm)
 
     def predict(self, x, batch_size=None):
         """The model's output for x: (N, I) -> (N, O), in batches of ``batch_size`` rows.

@@ -12,6 +12,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._checks import as_batch, positive_int
 from .compile_log import compile_notice
 from .loss import MSE
@@ -104,7 +105,7 @@ class _NoBar:
 
 
 def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
-        verbose, loss_fn, optimizer):
+        verbose, loss_fn, optimizer, comm=None):
     optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
     loss = _pick(loss, loss_fn, "loss", "loss_fn", MSE)
     _instance(optim, "optim", "optim.SGD(lr=0.01)")
@@ -115,6 +116,9 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     if not callable(loss) or not hasattr(loss, "backward"):
         raise TypeError(f"train: loss must be a loss object such as loss.MSE(), got {loss!r}")
     epochs = positive_int(epochs, "train", "epochs")
+    if comm is not None:   # all ranks agree on the inputs before anyone can raise alone
+        distributed.check_shards(comm, model, x, y, batch_size, validation_data)
+        verbose = verbose and comm.Get_rank() == 0
     x, y = _xy(model, x, y, "train")
     n = len(x)
     batch_size = n if batch_size is None else min(positive_int(batch_size, "train",
@@ -133,10 +137,17 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     history = model.history = History()  # kept on the model: still there after Ctrl-C
     if validation_data is not None:
         history.history.update(val_loss=[], val_accuracy=[])
-    run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
-    n_batches = -(-n // batch_size)
+    if comm is None:
+        run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
+    else:
+        run_epochs = distributed.epoch_runner(model, x, y, batch_size, optim, loss, comm)
+    # The epoch loss per sample: over every rank's rows and steps when distributed.
+    rows_per_epoch = getattr(run_epochs, "rows", n)
+    n_batches = getattr(run_epochs, "steps", -(-n // batch_size))
     shuffled = shuffle and batch_size < n
     rng = np.random.default_rng(seed) if shuffled else None
+    if shuffled and comm is not None:
+        rng = distributed.rank_seed(seed, comm)
     # Epochs run in chunks (one compiled call each when the plan applies), sized to take
     # about `target` seconds: Python gets control back that often, for the progress bar
     # and for Ctrl-C (compiled code cannot be interrupted). Validation needs every epoch;
@@ -152,14 +163,15 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
         while len(history) < epochs:
             with interrupts_deferred():
                 elapsed = _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n,
-                                 n_batches, optim, loss, validation_data, bar, verbose)
+                                 rows_per_epoch, n_batches, optim, loss, validation_data,
+                                 bar, verbose)
             if validation_data is None:
                 chunk = int(min(most, max(1, chunk * target / max(elapsed, 1e-6))))
     return history
 
 
-def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, n_batches, optim,
-           loss, validation_data, bar, verbose):
+def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per_epoch,
+           n_batches, optim, loss, validation_data, bar, verbose):
     """Run up to ``chunk`` epochs and record them (loss per sample, validation, bar);
     returns the seconds the epochs took."""
     count = min(chunk, epochs - len(history))
@@ -173,7 +185,7 @@ def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, n_batche
                 f"train: the loss became {value} at epoch {len(history) + 1} "
                 f"(optimizer {optim!r}); training diverged. Lower the learning "
                 f"rate, scale the inputs, or use float64")
-        history.append(per_sample(loss, value, n, n_batches))
+        history.append(per_sample(loss, value, rows_per_epoch, n_batches))
     postfix = {"loss": history[-1]}
     if validation_data is not None:
         x_val, y_val = validation_data

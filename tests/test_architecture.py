@@ -24,11 +24,13 @@ STACK = [
     ["fastbp.modules", "fastbp.loss"],
     ["fastbp.optim", "fastbp.pairs"],
     ["fastbp.plan"],
+    ["fastbp.distributed"],
     ["fastbp.training"],
     ["fastbp.model"],
     ["fastbp.io"],
     ["fastbp.layers", "fastbp.data"],
-    ["fastbp._warmup", "fastbp.breakeven", "fastbp.bench", "fastbp._bench_workers"],
+    ["fastbp._warmup", "fastbp.breakeven", "fastbp.bench", "fastbp._bench_workers",
+     "fastbp.mpi_bench"],
     ["fastbp.cli", "fastbp"],
 ]
 FACADES = {"fastbp.layers", "fastbp", "fastbp.reference.layers", "fastbp.reference"}
