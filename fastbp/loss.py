@@ -6,7 +6,8 @@ from . import kernels as K
 from ._checks import as_batch, input_dtype
 from .reference.loss import clip_eps
 
-__all__ = ["Loss", "MSE", "CategoricalCrossentropy", "BinaryCrossentropy"]
+__all__ = ["Loss", "MSE", "CategoricalCrossentropy", "BinaryCrossentropy", "SquaredError"]
+REDUCTIONS = ("sum", "mean")
 
 
 class Loss:
@@ -14,6 +15,13 @@ class Loss:
     keeps dL/dpred for ``backward()``."""
 
     code = None
+    reduction = "sum"
+
+    def __init__(self, reduction="sum"):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{type(self).__name__}: reduction must be one of {REDUCTIONS}, "
+                             f"got {reduction!r}")
+        self.reduction = reduction
 
     def _prepare(self, pred, y):
         name = type(self).__name__
@@ -30,8 +38,13 @@ class Loss:
         self._given_pred = pred  # lets fastbp.pairs check that pred came from the model
         self.pred, self.y = self._prepare(pred, y)
         self.grad = np.empty_like(self.pred)
-        return float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y,
-                                             clip_eps(self.pred.dtype)))
+        value = float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y,
+                                              clip_eps(self.pred.dtype)))
+        if self.reduction == "mean":   # the batch objective divided by its rows
+            rows = len(self.pred)
+            self.grad /= rows
+            value /= rows
+        return value
 
     def backward(self):
         """dL/dpred for the last call, shape (N, O)."""
@@ -41,7 +54,8 @@ class Loss:
         return self.grad
 
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        arg = "" if self.reduction == "sum" else f"reduction={self.reduction!r}"
+        return f"{type(self).__name__}({arg})"
 
 
 class MSE(Loss):
@@ -53,9 +67,13 @@ class MSE(Loss):
     """
     code = K.MSE
 
+    def __init__(self):   # already a mean over all elements: no reduction option
+        pass
+
 
 class CategoricalCrossentropy(Loss):
-    """loss = -sum(y * log(p)), summed over the batch and the classes (no mean); p is
+    """loss = -sum(y * log(p)), summed over the batch and the classes (reduction="sum",
+    the default; "mean" divides loss and gradient by the batch rows); p is
     clipped to [eps, 1] (eps 1e-12 in float64, 1e-7 in float32). ``backward`` is the true
     gradient -y / p of that sum. After a Softmax in a Model, the pair runs fused: the
     gradient w.r.t. the logits is p * sum(y) - y (= p - y for one-hot y)."""
@@ -63,8 +81,20 @@ class CategoricalCrossentropy(Loss):
 
 
 class BinaryCrossentropy(Loss):
-    """loss = -sum(y log p + (1 - y) log(1 - p)), summed over the batch and the outputs;
-    p clipped to [eps, 1 - eps]. ``backward`` is its true gradient (p - y) / (p (1 - p)).
+    """loss = -sum(y log p + (1 - y) log(1 - p)), summed over the batch and the outputs
+    (reduction="sum"; "mean" divides loss and gradient by the batch rows); p clipped to [eps, 1 - eps]. ``backward`` is its true gradient (p - y) / (p (1 - p)).
     After a Sigmoid in a Model, the pair runs fused with gradient p - y w.r.t. the logits
     (see fastbp.pairs)."""
     code = K.BCE
+
+
+class SquaredError(Loss):
+    """Half squared error, scikit-learn's ``squared_error``: per row 0.5 * mean over the
+    O outputs of e**2 (e = pred - y), summed over the batch (reduction="sum") or averaged
+    over its rows ("mean", as scikit-learn's MLPRegressor).
+
+    ``backward`` returns e (divided by the rows for "mean"): the gradient of *half the
+    summed* squared error per row, which is what scikit-learn back-propagates. The value
+    and that objective agree for one output; for O outputs the value is 1/O of it.
+    """
+    code = K.HALF_SE

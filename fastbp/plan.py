@@ -11,13 +11,16 @@ import numpy as np
 from . import kernels as K
 from . import loss as L
 from . import optim as O
-from .modules import Linear, Relu, Sigmoid, Softmax, Tanh
+from .modules import Identity, Linear, Relu, Sigmoid, Softmax, Tanh
 from .pairs import pair_code
 from .reference.loss import clip_eps
 
 _ACT_CODES = {Relu: K.RELU, Sigmoid: K.SIGMOID, Tanh: K.TANH, Softmax: K.SOFTMAX}
 _LOSS_CODES = {L.MSE: K.MSE, L.CategoricalCrossentropy: K.CCE, L.BinaryCrossentropy: K.BCE}
 _OPTIMIZERS = (O.SGD, O.Momentum, O.RMSProp, O.Adam)
+_ACT_CODES[Identity] = K.IDENTITY
+_LOSS_CODES[L.SquaredError] = K.HALF_SE
+_OPTIMIZERS += (O.Nesterov, O.AdamLR)
 
 
 def _loss_code(loss, last_layer):
@@ -66,9 +69,10 @@ class Plan:
         self.xb = np.empty(batch * int(spec[0, 2]), dtype)
         self.yb = np.empty(batch * int(spec[-1, 3]), dtype)
 
-    def train(self, x, y, orders, loss_code, optim):
+    def train(self, x, y, orders, loss_code, optim, mean=False):
         """Run one epoch per entry of ``orders`` (None = natural order); returns the epoch
-        losses, stopping after the first that is NaN or Inf."""
+        losses, stopping after the first that is NaN or Inf. ``mean``: the loss has
+        reduction="mean"."""
         model = self.model
         if orders[0] is None:
             order_arr = np.empty((0, 0), np.int64)
@@ -80,7 +84,8 @@ class Plan:
         done = K.plan_train(self.spec, self.a_off, model.params, model.grads, x, y, order_arr,
                             self.batch, loss_code, clip_eps(model.dtype), optim.code,
                             slots[0], slots[-1], hp, float(optim.t), self.acts, self.g1,
-                            self.g2, self.xb, self.yb, losses)
+                            self.g2, self.xb, self.yb, losses,
+                            getattr(optim, "weight_decay", 0.0), mean)
         optim.t += done * (-(-len(x) // self.batch))
         return losses[:done].tolist()
 
@@ -115,9 +120,21 @@ def layerwise_epoch(model, x, y, order, batch_size, optim, loss):
         else:
             rows = order[start:start + batch_size]
             xb, yb = x[rows], y[rows]
-        losses.append(loss(model._forward(xb), yb))
+        losses.append(loss(model._forward(xb), yb) + _penalty(optim, model, loss, len(xb)))
         optim(model, loss)
+    if getattr(loss, "reduction", "sum") == "mean":   # mean over samples
+        sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+        return float(np.dot(losses, sizes) / n)
     return float(np.mean(losses))
+
+
+def _penalty(optim, model, loss, rows):
+    """The optimizer's weight-decay penalty as part of one batch's loss."""
+    penalty = getattr(optim, "penalty", None)
+    if penalty is None:
+        return 0.0
+    value = penalty(model)
+    return value / rows if getattr(loss, "reduction", "sum") == "mean" else value
 
 
 def epoch_runner(model, x, y, batch_size, optim, loss):
@@ -132,7 +149,8 @@ def epoch_runner(model, x, y, batch_size, optim, loss):
                              f"prediction has shape {(len(x), n_out)}; they must match "
                              f"(one-hot encode class labels, reshape a 1-D target with "
                              f"y.reshape(-1, 1))")
-        return lambda orders: plan.train(x, y, orders, code, optim)
+        mean = getattr(loss, "reduction", "sum") == "mean"
+        return lambda orders: plan.train(x, y, orders, code, optim, mean)
 
     def layerwise(orders):
         values = []
