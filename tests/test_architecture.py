@@ -30,6 +30,8 @@ STACK = [
     ["fastbp.layers", "fastbp.data"],
     ["fastbp._warmup", "fastbp.breakeven", "fastbp.bench"],
     ["fastbp.cli", "fastbp"],
+    ["fastbp.sklearn"],
+    ["fastbp._sklearn_bench"],
 ]
 FACADES = {"fastbp.layers", "fastbp", "fastbp.reference.layers", "fastbp.reference"}
 
