@@ -17,11 +17,18 @@ class Loss:
     code = None
     reduction = "sum"
 
-    def __init__(self, reduction="sum"):
+    eps = None
+
+    def __init__(self, reduction="sum", eps=None):
+        """reduction: "sum" or "mean" (divided by the batch rows). eps: how far from 0
+        (and 1) probabilities are clipped inside the logarithms; None is 1e-12 in float64,
+        1e-7 in float32 (scikit-learn clips at np.finfo(dtype).eps)."""
         if reduction not in REDUCTIONS:
             raise ValueError(f"{type(self).__name__}: reduction must be one of {REDUCTIONS}, "
                              f"got {reduction!r}")
-        self.reduction = reduction
+        if eps is not None and not 0 < eps < 0.5:
+            raise ValueError(f"{type(self).__name__}: eps must be in (0, 0.5), got {eps!r}")
+        self.reduction, self.eps = reduction, eps
 
     def _prepare(self, pred, y):
         name = type(self).__name__
@@ -38,8 +45,8 @@ class Loss:
         self._given_pred = pred  # lets fastbp.pairs check that pred came from the model
         self.pred, self.y = self._prepare(pred, y)
         self.grad = np.empty_like(self.pred)
-        value = float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y,
-                                              clip_eps(self.pred.dtype)))
+        eps = clip_eps(self.pred.dtype) if self.eps is None else self.eps
+        value = float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y, eps))
         if self.reduction == "mean":   # the batch objective divided by its rows
             rows = len(self.pred)
             self.grad /= rows

@@ -69,10 +69,10 @@ class Plan:
         self.xb = np.empty(batch * int(spec[0, 2]), dtype)
         self.yb = np.empty(batch * int(spec[-1, 3]), dtype)
 
-    def train(self, x, y, orders, loss_code, optim, mean=False):
+    def train(self, x, y, orders, loss_code, optim, mean=False, eps=None):
         """Run one epoch per entry of ``orders`` (None = natural order); returns the epoch
         losses, stopping after the first that is NaN or Inf. ``mean``: the loss has
-        reduction="mean"."""
+        reduction="mean"; ``eps``: the loss's clip (None: the dtype's default)."""
         model = self.model
         if orders[0] is None:
             order_arr = np.empty((0, 0), np.int64)
@@ -82,7 +82,8 @@ class Plan:
         slots = optim._slots("flat", model.params)
         hp = optim.hyper()
         done = K.plan_train(self.spec, self.a_off, model.params, model.grads, x, y, order_arr,
-                            self.batch, loss_code, clip_eps(model.dtype), optim.code,
+                            self.batch, loss_code,
+                            clip_eps(model.dtype) if eps is None else eps, optim.code,
                             slots[0], slots[-1], hp, float(optim.t), self.acts, self.g1,
                             self.g2, self.xb, self.yb, losses,
                             getattr(optim, "weight_decay", 0.0), mean)
@@ -150,7 +151,8 @@ def epoch_runner(model, x, y, batch_size, optim, loss):
                              f"(one-hot encode class labels, reshape a 1-D target with "
                              f"y.reshape(-1, 1))")
         mean = getattr(loss, "reduction", "sum") == "mean"
-        return lambda orders: plan.train(x, y, orders, code, optim, mean)
+        eps = getattr(loss, "eps", None)
+        return lambda orders: plan.train(x, y, orders, code, optim, mean, eps)
 
     def layerwise(orders):
         values = []

@@ -204,3 +204,18 @@ def test_weight_decay_changes_the_run():
                              loss.CategoricalCrossentropy(reduction="mean"), epochs=3,
                              batch_size=16, verbose=False))
     assert out[1][0] > out[0][0] and out[1][-1] != out[0][-1]
+
+
+@pytest.mark.parametrize("cls,ref", [(loss.CategoricalCrossentropy, RL.CategoricalCrossentropy),
+                                     (loss.BinaryCrossentropy, RL.BinaryCrossentropy)])
+def test_eps_sets_the_clip_inside_the_logarithms(cls, ref):
+    """Default clip 1e-12 in float64; eps=1e-15 lets p = 1e-14 count as itself."""
+    pred = np.array([[1e-14, 1 - 1e-14]])
+    y = np.array([[1.0, 0.0]])
+    per_term = {None: -np.log(1e-12), 1e-15: -np.log(1e-14)}
+    for eps, expected in per_term.items():
+        terms = 1 if cls is loss.CategoricalCrossentropy else 2   # BCE: both entries clip
+        assert cls(eps=eps)(pred, y) == pytest.approx(terms * expected, rel=1e-3)
+        assert_close(cls(eps=eps)(pred, y), ref(eps=eps)(pred, y), np.float64)
+    with pytest.raises(ValueError, match="eps must be in"):
+        cls(eps=0.0)

@@ -24,8 +24,11 @@ class MSE:
 class Reduced:
     """reduction="sum" or "mean" (the sum divided by the batch rows)."""
 
-    def __init__(self, reduction="sum"):
-        self.reduction = reduction
+    def __init__(self, reduction="sum", eps=None):
+        self.reduction, self.eps = reduction, eps
+
+    def _eps(self, dtype):
+        return clip_eps(dtype) if self.eps is None else self.eps
 
     def _reduce(self, value, rows):
         return value / rows if self.reduction == "mean" else value
@@ -36,7 +39,7 @@ class CategoricalCrossentropy(Reduced):
 
     def __call__(self, pred, y):
         self.pred, self.y = pred, y
-        self.p = np.maximum(pred, clip_eps(pred.dtype))
+        self.p = np.maximum(pred, self._eps(pred.dtype))
         return self._reduce(-np.sum(y * np.log(self.p)), len(pred))
 
     def backward(self):
@@ -51,7 +54,7 @@ class BinaryCrossentropy(Reduced):
     """
 
     def __call__(self, pred, y):
-        eps = clip_eps(pred.dtype)
+        eps = self._eps(pred.dtype)
         self.dtype, self.y = pred.dtype, np.asarray(y, np.float64)
         self.p = np.clip(np.asarray(pred, np.float64), eps, 1 - eps)
         return self._reduce(-np.sum(self.y * np.log(self.p) + (1 - self.y)
