@@ -12,7 +12,8 @@ re-expresses scikit-learn's stochastic solvers with fastbp's building blocks:
 - the same early-stopping split and per-epoch shuffle (both draw from that generator);
 - Linear layers with the hidden activation, then Softmax (multiclass), Sigmoid (binary,
   multilabel) or Identity (regression), each ending in a mean-reduced loss
-  (CategoricalCrossentropy, BinaryCrossentropy, SquaredError);
+  (CategoricalCrossentropy, BinaryCrossentropy, SquaredError), probabilities clipped at
+  machine epsilon as scikit-learn's log-loss does;
 - ``alpha`` is the optimizers' ``weight_decay`` (weights only, divided by the batch rows
   as scikit-learn does); sgd is Nesterov / Momentum, adam is AdamLR (scikit-learn's form);
 - one compiled epoch per call, so the learning-rate schedules, ``tol`` /
@@ -213,7 +214,8 @@ class _BaseMLP(BaseEstimator):
         n_samples = X_train.shape[0]
         batch_size = self._batch_size(n_samples)
         model = self._model(dtype)
-        loss = OUTPUT[self.out_activation_][1](reduction="mean")
+        # probabilities clipped at machine epsilon inside the logarithms, as scikit-learn
+        loss = OUTPUT[self.out_activation_][1](reduction="mean", eps=np.finfo(dtype).eps)
         x = np.ascontiguousarray(X_train, dtype)
         run_epoch = epoch_runner(model, x, np.ascontiguousarray(y_train, dtype), batch_size,
                                  self._optimizer, loss)
