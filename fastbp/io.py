@@ -22,6 +22,11 @@ _ACTIVATIONS = {cls.__name__: cls for cls in (L.Relu, L.Sigmoid, L.Tanh, L.Softm
 _OPTIMIZERS = {cls.__name__: cls for cls in (O.SGD, O.Momentum, O.RMSProp, O.Adam)}
 _HYPER = {"SGD": ("lr",), "Momentum": ("lr", "beta"), "RMSProp": ("lr", "alpha", "eps"),
           "Adam": ("lr", "beta1", "beta2", "eps")}
+# Added with the scikit-learn estimators (issue 14); files without weight_decay load as 0.
+_ACTIVATIONS["Identity"] = L.Identity
+_OPTIMIZERS.update(Nesterov=O.Nesterov, AdamLR=O.AdamLR)
+_HYPER.update(Nesterov=_HYPER["Momentum"], AdamLR=_HYPER["Adam"])
+_HYPER = {name: names + ("weight_decay",) for name, names in _HYPER.items()}
 
 
 class ModelFileError(ValueError):

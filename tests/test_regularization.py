@@ -219,3 +219,24 @@ def test_eps_sets_the_clip_inside_the_logarithms(cls, ref):
         assert_close(cls(eps=eps)(pred, y), ref(eps=eps)(pred, y), np.float64)
     with pytest.raises(ValueError, match="eps must be in"):
         cls(eps=0.0)
+
+
+def test_save_and_load_keep_identity_weight_decay_and_the_new_optimizers(tmp_path):
+    """A run resumed from a file continues exactly as the uninterrupted run."""
+    import fastbp
+    x, y = data.spirals(n_per_class=15, seed=2)
+    for make_opt in (lambda: optim.AdamLR(lr=0.01, weight_decay=0.2),
+                     lambda: optim.Nesterov(lr=0.01, beta=0.8, weight_decay=0.1)):
+        np.random.seed(5)
+        net = layers.Model([layers.Linear(5), layers.Tanh(), layers.Linear(3),
+                            layers.Identity()])
+        opt, lossf = make_opt(), loss.SquaredError(reduction="mean")
+        net.train(x, y, opt, lossf, epochs=2, batch_size=16, seed=1, verbose=False)
+        fastbp.save(net, tmp_path / "m.npz", opt)
+        again, opt2 = fastbp.load(tmp_path / "m.npz"), fastbp.load_optimizer(tmp_path / "m.npz")
+        assert type(opt2) is type(opt) and opt2.weight_decay == opt.weight_decay
+        assert type(again.layers[-1]) is layers.Identity
+        a = net.train(x, y, opt, lossf, epochs=2, batch_size=16, seed=3, verbose=False)
+        b = again.train(x, y, opt2, lossf, epochs=2, batch_size=16, seed=3, verbose=False)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(net.params, again.params)
