@@ -58,10 +58,11 @@ PREDICT_ROWS = 4096   # predict in batches: buffers stay small for large X
 
 def _lbfgs_refused():
     return ValueError(
-        "solver='lbfgs' is not offered by fastbp.sklearn: L-BFGS evaluates the loss on the "
-        "whole data set inside scipy.optimize, one Python call per step, so the compiled "
-        "epoch has nothing to speed up. Use solver='adam' or 'sgd' here, or "
-        "sklearn.neural_network for lbfgs.")
+        "solver='lbfgs' is not offered by fastbp.sklearn: scikit-learn's L-BFGS is driven "
+        "by scipy.optimize, which calls back into Python for the loss and gradient of the "
+        "whole data set at every step and never runs the mini-batch epochs fastbp "
+        "compiles. Use solver='adam' or 'sgd' here, or sklearn.neural_network's estimator "
+        "for lbfgs.")
 
 
 class _BaseMLP(BaseEstimator):
