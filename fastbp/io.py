@@ -28,7 +28,11 @@ FORMAT = "fastbp-model"
 VERSION = 1
 _ACTIVATIONS = {cls.__name__: cls for cls in (L.Relu, L.Sigmoid, L.Tanh, L.Softmax)}
 _OPTIMIZERS = {cls.__name__: cls for cls in (O.SGD, O.Momentum, O.RMSProp, O.Adam)}
-_HYPER = {name: cls.hyper_names for name, cls in _OPTIMIZERS.items()}
+# Identity, Nesterov and AdamLR came with the scikit-learn estimators (issue 14); files
+# without weight_decay load with 0.
+_ACTIVATIONS["Identity"] = L.Identity
+_OPTIMIZERS.update(Nesterov=O.Nesterov, AdamLR=O.AdamLR)
+_HYPER = {name: cls.hyper_names + ("weight_decay",) for name, cls in _OPTIMIZERS.items()}
 
 
 # The JSON entry of a real model is a few KB; anything far larger is not one.
@@ -282,8 +286,10 @@ def _check_optimizer(saved, path):
     if isinstance(t, bool) or not isinstance(t, int) or t < 0:
         raise _bad(path, f"optimizer step count t must be an integer >= 0, got {t!r}")
     hyper = saved.get("hyper")
-    if not isinstance(hyper, dict) or set(hyper) != set(_HYPER[name]) or not all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in hyper.values()):
+    names = set(_HYPER[name])   # files written before weight_decay existed lack it
+    if not isinstance(hyper, dict) or set(hyper) not in (names, names - {"weight_decay"}) \
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                       for v in hyper.values()):
         raise _bad(path, f"{name} hyper-parameters must be numbers {_HYPER[name]}, got "
                          f"{hyper!r}")
     try:

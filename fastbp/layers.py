@@ -5,8 +5,8 @@ a facade that re-exports them from where they live. Nothing inside fastbp import
 """
 from .io import load, save
 from .model import Model
-from .modules import Activation, Layer, Linear, Relu, Sigmoid, Softmax, Tanh
+from .modules import Activation, Identity, Layer, Linear, Relu, Sigmoid, Softmax, Tanh
 from .training import History
 
 __all__ = ["Layer", "Activation", "Model", "Linear", "Relu", "Sigmoid", "Tanh", "Softmax",
-           "History", "save", "load"]
+           "Identity", "History", "save", "load"]

@@ -6,7 +6,8 @@ from . import kernels as K
 from ._checks import as_batch, input_dtype
 from .reference.loss import clip_eps
 
-__all__ = ["Loss", "MSE", "CategoricalCrossentropy", "BinaryCrossentropy"]
+__all__ = ["Loss", "MSE", "CategoricalCrossentropy", "BinaryCrossentropy", "SquaredError"]
+REDUCTIONS = ("sum", "mean")
 
 
 class Loss:
@@ -14,7 +15,26 @@ class Loss:
     keeps dL/dpred for ``backward()``."""
 
     code = None
-    summed = False  # True: the value sums over samples (train reports it per sample)
+    sums_rows = False  # the value sums over the batch rows (the cross-entropies)
+    reduction = "sum"
+
+    eps = None
+
+    def __init__(self, reduction="sum", eps=None):
+        """reduction: "sum" or "mean" (divided by the batch rows). eps: how far from 0
+        (and 1) probabilities are clipped inside the logarithms; None is 1e-12 in float64,
+        1e-7 in float32 (scikit-learn clips at np.finfo(dtype).eps)."""
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{type(self).__name__}: reduction must be one of {REDUCTIONS}, "
+                             f"got {reduction!r}")
+        if eps is not None and not 0 < eps < 0.5:
+            raise ValueError(f"{type(self).__name__}: eps must be in (0, 0.5), got {eps!r}")
+        self.reduction, self.eps = reduction, eps
+
+    @property
+    def summed(self):
+        """True when the value sums over samples: train then reports it per sample."""
+        return self.sums_rows and self.reduction == "sum"
 
     def _prepare(self, pred, y):
         name = type(self).__name__
@@ -31,8 +51,13 @@ class Loss:
         self._given_pred = pred  # lets fastbp.pairs check that pred came from the model
         self.pred, self.y = self._prepare(pred, y)
         self.grad = np.empty_like(self.pred)
-        return float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y,
-                                             clip_eps(self.pred.dtype)))
+        eps = clip_eps(self.pred.dtype) if self.eps is None else self.eps
+        value = float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y, eps))
+        if self.reduction == "mean":   # the batch objective divided by its rows
+            rows = len(self.pred)
+            self.grad /= rows
+            value /= rows
+        return value
 
     def backward(self):
         """dL/dpred for the last call, shape (N, O)."""
@@ -42,7 +67,8 @@ class Loss:
         return self.grad
 
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        arg = "" if self.reduction == "sum" else f"reduction={self.reduction!r}"
+        return f"{type(self).__name__}({arg})"
 
 
 class MSE(Loss):
@@ -54,19 +80,34 @@ class MSE(Loss):
     """
     code = K.MSE
 
+    def __init__(self):   # already a mean over all elements: no reduction option
+        pass
+
 
 class CategoricalCrossentropy(Loss):
-    """loss = -sum(y * log(p)), summed over the batch and the classes (no mean); p is
-    clipped to [eps, 1] (eps 1e-12 in float64, 1e-7 in float32). ``backward`` is the
+    """loss = -sum(y * log(p)), summed over the batch and the classes (reduction="sum",
+    the default; "mean" divides loss and gradient by the batch rows); p is clipped to
+    [eps, 1] (eps 1e-12 in float64, 1e-7 in float32). ``backward`` is the
     gradient -y / p of that clipped sum w.r.t. p (0 where p < eps). After a Softmax in a
     Model, the pair runs fused: the gradient w.r.t. the logits is that of the unclipped
     loss, p * sum(y) - y (= p - y for one-hot y), which stays right at saturation."""
-    code, summed = K.CCE, True
+    code, sums_rows = K.CCE, True
 
 
 class BinaryCrossentropy(Loss):
-    """loss = -sum(y log p + (1 - y) log(1 - p)), summed over the batch and the outputs;
-    p clipped to [eps, 1 - eps]. ``backward`` is the gradient (p - y) / (p (1 - p)) of
+    """loss = -sum(y log p + (1 - y) log(1 - p)), summed over the batch and the outputs
+    (reduction="sum"; "mean" divides loss and gradient by the batch rows); p clipped to [eps, 1 - eps]. ``backward`` is the gradient (p - y) / (p (1 - p)) of
     that clipped sum w.r.t. p. After a Sigmoid in a Model, the pair runs fused with the
     unclipped loss's gradient p - y w.r.t. the logits (see fastbp.pairs)."""
-    code, summed = K.BCE, True
+    code, sums_rows = K.BCE, True
+
+class SquaredError(Loss):
+    """Half squared error, scikit-learn's ``squared_error``: per row 0.5 * mean over the
+    O outputs of e**2 (e = pred - y), summed over the batch (reduction="sum") or averaged
+    over its rows ("mean", as scikit-learn's MLPRegressor).
+
+    ``backward`` returns e (divided by the rows for "mean"): the gradient of *half the
+    summed* squared error per row, which is what scikit-learn back-propagates. The value
+    and that objective agree for one output; for O outputs the value is 1/O of it.
+    """
+    code, sums_rows = K.HALF_SE, True

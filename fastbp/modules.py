@@ -11,7 +11,7 @@ from ._checks import (as_batch, float_dtype, grad_like, input_dtype, positive_in
                       require_forward)
 from .reference.modules import INITS, initial_weights
 
-__all__ = ["Layer", "Activation", "Linear", "Relu", "Sigmoid", "Tanh", "Softmax"]
+__all__ = ["Layer", "Activation", "Linear", "Relu", "Sigmoid", "Tanh", "Softmax", "Identity"]
 
 
 class Layer:
@@ -51,6 +51,11 @@ class BuiltinActivation(Activation):
         return f"{type(self).__name__}()"
 
 
+
+
+class Identity(BuiltinActivation):
+    """x unchanged; derivative 1 (a linear output layer, scikit-learn's "identity")."""
+    code = K.IDENTITY
 
 
 class Relu(BuiltinActivation):

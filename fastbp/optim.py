@@ -1,4 +1,4 @@
-"""Optimizers: SGD, Momentum, RMSProp, Adam, called as ``optim(model, loss)``.
+"""Optimizers: SGD, Momentum, Nesterov, RMSProp, Adam, AdamLR, called as ``optim(model, loss)``.
 
 A call runs the backward pass (last layer to first), then updates every parameter. The
 built-in Linear layers of a fastbp Model share one flat buffer, updated by one fused
@@ -10,7 +10,13 @@ An optimizer with state (Momentum, RMSProp, Adam) belongs to the first model it 
 its moments describe that model's parameters and its step count ``t`` that model's
 steps, so stepping another model is refused (make one optimizer per model, or call
 ``reset()``). SGD keeps no state and may serve any number of models.
+
+``weight_decay`` (every optimizer) adds the L2 penalty 0.5 * weight_decay * sum(w**2) of
+every Layer's weights ``w`` (never the biases) to the objective: the weight gradients gain
+weight_decay * w, divided by the batch rows when the loss has reduction="mean" (the mean
+divides the whole batch objective, penalty included, as scikit-learn's ``alpha`` does).
 """
+import numbers
 import weakref
 
 import numpy as np
@@ -19,7 +25,7 @@ from . import kernels as K
 from ._checks import positive_number, unit_interval
 from .modules import Layer, Linear
 
-__all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam"]
+__all__ = ["Optimizer", "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamLR"]
 
 
 def spelled(who, value, default, alias_value, name, alias):
@@ -36,8 +42,9 @@ class Optimizer:
     code = None
     n_slots = 0  # state arrays per parameter
 
-    def __init__(self, lr):
+    def __init__(self, lr, weight_decay=0.0):
         self.lr = positive_number(lr, type(self).__name__, "lr")
+        self.weight_decay = _non_negative(weight_decay, type(self).__name__, "weight_decay")
         self.t = 0          # steps taken
         self.state = {}     # key -> list of n_slots arrays shaped like the parameter
         self._model = None  # weak reference to the model the state belongs to
@@ -67,7 +74,26 @@ class Optimizer:
             grad = loss.backward()
             for layer in reversed(model.layers):
                 grad = layer.backward(grad)
+        if self.weight_decay:
+            self.decay_gradients(model, loss)
         self.step(model)
+
+    def penalty(self, model):
+        """0.5 * weight_decay * sum(w**2) over every Layer's weights (biases excluded)."""
+        if not self.weight_decay:
+            return 0.0
+        squares = sum(float(np.vdot(w, w)) for w in _weights(model))
+        return 0.5 * self.weight_decay * squares
+
+    def decay_gradients(self, model, loss):
+        """w_gradient += weight_decay * w (/ batch rows for a loss with reduction="mean")."""
+        scale = self.weight_decay
+        if getattr(loss, "reduction", "sum") == "mean":
+            scale = scale / len(loss.pred)
+        for layer in model.layers:
+            if isinstance(layer, Layer):
+                dw = layer.w_gradient
+                dw += scale * np.asarray(layer.w, dw.dtype)
 
     def hyper(self):
         """(lr, a, b, eps, c1, c2) for the update kernel, at the current step ``t``."""
@@ -147,10 +173,19 @@ class Optimizer:
         self.state = {k: [np.array(a) for a in v] for k, v in d["state"].items()}
         self._model = self._flat = None
 
+    def __getstate__(self):
+        """Pickling (scikit-learn clones and caches estimators) keeps the state but not the
+        weak references to its model: the copy binds to the next model it steps, whose
+        parameters must match the state's shapes, as after load_state_dict."""
+        state = dict(self.__dict__)
+        state["_model"] = state["_flat"] = None
+        return state
+
     hyper_names = ("lr",)   # constructor arguments, as fastbp spells them
 
     def __repr__(self):
-        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hyper_names)
+        names = self.hyper_names + (("weight_decay",) if self.weight_decay else ())
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in names)
         return f"{type(self).__name__}({args})"
 
 
@@ -161,12 +196,24 @@ def _weak(obj):
         return lambda: obj
 
 
+def _non_negative(value, who, name):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    if isinstance(value, numbers.Real) and value < 0:
+        raise ValueError(f"{who}: {name} must be >= 0, got {value!r}")
+    return positive_number(value, who, name)
+
+
+def _weights(model):
+    return [np.asarray(layer.w) for layer in model.layers if isinstance(layer, Layer)]
+
+
 class SGD(Optimizer):
     """p -= lr * g."""
     code = K.SGD
 
-    def __init__(self, lr=0.01):
-        super().__init__(lr)
+    def __init__(self, lr=0.01, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
 
     def hyper(self):
         return np.array([self.lr, 0, 0, 0, 1, 1], np.float64)
@@ -177,12 +224,18 @@ class Momentum(Optimizer):
     code, n_slots = K.MOMENTUM, 1
     hyper_names = ("lr", "beta")
 
-    def __init__(self, lr=0.01, beta=0.9):
-        super().__init__(lr)
-        self.beta = unit_interval(beta, "Momentum", "beta")
+    def __init__(self, lr=0.01, beta=0.9, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.beta = unit_interval(beta, type(self).__name__, "beta")
 
     def hyper(self):
         return np.array([self.lr, self.beta, 0, 0, 1, 1], np.float64)
+
+
+class Nesterov(Momentum):
+    """Nesterov momentum, as scikit-learn's SGDOptimizer(nesterov=True):
+    v = beta * v + lr * g; p -= beta * v + lr * g."""
+    code = K.NESTEROV
 
 
 class RMSProp(Optimizer):
@@ -194,8 +247,9 @@ class RMSProp(Optimizer):
     code, n_slots = K.RMSPROP, 1
     hyper_names = ("lr", "alpha", "eps")
 
-    def __init__(self, lr=0.01, alpha=None, eps=None, *, beta=None, epsilon=None):
-        super().__init__(lr)
+    def __init__(self, lr=0.01, alpha=None, eps=None, weight_decay=0.0, *, beta=None,
+                 epsilon=None):
+        super().__init__(lr, weight_decay)
         alpha = spelled("RMSProp", alpha, 0.99, beta, "alpha", "beta")
         eps = spelled("RMSProp", eps, 1e-8, epsilon, "eps", "epsilon")
         self.alpha = unit_interval(alpha, "RMSProp", "alpha")
@@ -212,13 +266,21 @@ class Adam(Optimizer):
     code, n_slots = K.ADAM, 2
     hyper_names = ("lr", "beta1", "beta2", "eps")
 
-    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=None, *, epsilon=None):
-        super().__init__(lr)
-        eps = spelled("Adam", eps, 1e-8, epsilon, "eps", "epsilon")
-        self.beta1 = unit_interval(beta1, "Adam", "beta1")
-        self.beta2 = unit_interval(beta2, "Adam", "beta2")
-        self.eps = positive_number(eps, "Adam", "eps")
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=None, weight_decay=0.0, *,
+                 epsilon=None):
+        super().__init__(lr, weight_decay)
+        eps = spelled(type(self).__name__, eps, 1e-8, epsilon, "eps", "epsilon")
+        self.beta1 = unit_interval(beta1, type(self).__name__, "beta1")
+        self.beta2 = unit_interval(beta2, type(self).__name__, "beta2")
+        self.eps = positive_number(eps, type(self).__name__, "eps")
 
     def hyper(self):
         return np.array([self.lr, self.beta1, self.beta2, self.eps,
                          1 - self.beta1 ** self.t, 1 - self.beta2 ** self.t], np.float64)
+
+
+class AdamLR(Adam):
+    """Adam with the bias correction folded into the step size (Kingma & Ba, section 2;
+    scikit-learn's AdamOptimizer): m, v as Adam; lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t);
+    p -= lr_t * m / (sqrt(v) + eps). Differs from Adam only in where eps sits."""
+    code = K.ADAM_LR

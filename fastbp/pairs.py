@@ -35,4 +35,6 @@ def fused_gradient(loss, last_layer):
         return None
     grad = np.empty_like(loss.pred)
     K.loss_forward_backward(code, grad, loss.pred, loss.y, clip_eps(loss.pred.dtype))
+    if getattr(loss, "reduction", "sum") == "mean":
+        grad /= len(grad)
     return grad

@@ -11,13 +11,15 @@ import numpy as np
 from . import kernels as K
 from . import loss as L
 from . import optim as O
-from .modules import Linear, Relu, Sigmoid, Softmax, Tanh
+from .modules import Identity, Linear, Relu, Sigmoid, Softmax, Tanh
 from .pairs import pair_code
 from .reference.loss import clip_eps
 
-_ACT_CODES = {Relu: K.RELU, Sigmoid: K.SIGMOID, Tanh: K.TANH, Softmax: K.SOFTMAX}
-_LOSS_CODES = {L.MSE: K.MSE, L.CategoricalCrossentropy: K.CCE, L.BinaryCrossentropy: K.BCE}
-_OPTIMIZERS = (O.SGD, O.Momentum, O.RMSProp, O.Adam)
+_ACT_CODES = {Relu: K.RELU, Sigmoid: K.SIGMOID, Tanh: K.TANH, Softmax: K.SOFTMAX,
+              Identity: K.IDENTITY}
+_LOSS_CODES = {L.MSE: K.MSE, L.CategoricalCrossentropy: K.CCE, L.BinaryCrossentropy: K.BCE,
+               L.SquaredError: K.HALF_SE}
+_OPTIMIZERS = (O.SGD, O.Momentum, O.RMSProp, O.Adam, O.Nesterov, O.AdamLR)
 
 
 def _loss_code(loss, last_layer):
@@ -75,17 +77,22 @@ class Plan:
         self.tiny = bool((batch * spec[:, 2] * spec[:, 3] * spec[:, 0]).max()
                          <= K.SMALL_GEMM_FLOPS)
         self._no_output = np.empty((0, int(spec[-1, 3])), dtype)
+        self.mean, self.eps = False, None   # the loss's reduction and clip (see train)
 
     @property
     def by_steps(self):
         return self.model.params.shape[0] >= K.PARALLEL_MIN_ELEMENTS
 
-    def train(self, x, y, orders, loss_code, optim):
+    def train(self, x, y, orders, loss_code, optim, mean=False, eps=None):
         """Run one epoch per entry of ``orders`` (None = natural order); returns the epoch
-        losses, stopping after the first that is NaN or Inf."""
+        losses, stopping after the first that is NaN or Inf. ``mean``: the loss has
+        reduction="mean"; ``eps``: the loss's clip (None: the dtype's default)."""
+        self.mean, self.eps = mean, eps
+        decay = getattr(optim, "weight_decay", 0.0)
         if self.by_steps:
             return self._train_by_steps(x, y, orders, loss_code, optim)
-        kernel = self._tiny_train if self.tiny else self._plan_train
+        # The tiny kernel has no weight decay nor mean reduction (scikit-learn's options).
+        kernel = self._tiny_train if self.tiny and not (decay or mean) else self._plan_train
         done, losses = kernel(x, y, _order_array(orders), loss_code, optim,
                               np.empty(len(orders)), self._no_output)
         if optim is not None:
@@ -96,6 +103,7 @@ class Plan:
         """The arguments shared by every call of plan_train / tiny_train."""
         model = self.model
         acts = self.acts if acts is None else acts
+        eps = clip_eps(model.dtype) if self.eps is None else self.eps
         if optim is None:    # gradient or predict: no step is taken, no state is read
             code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], _NO_HYPER, 0.0
         else:
@@ -103,14 +111,16 @@ class Plan:
             code, s1, s2, hp, t = (optim.code, slots[0], slots[-1], optim.hyper(),
                                    float(optim.t))
         return (self.spec, self.a_off, model.params, model.grads), \
-            (self.batch, loss_code, clip_eps(model.dtype), code, s1, s2, hp, t, acts,
-             self.g1, self.g2)
+            (self.batch, loss_code, eps, code, s1, s2, hp, t, acts, self.g1, self.g2)
 
     def _plan_train(self, x, y, orders, loss_code, optim, losses, out, mode=K.nn.TRAIN,
-                    acts=None, xb=None):
+                    acts=None, xb=None, decay=None):
         head, tail = self._kernel_args(loss_code, optim, acts)
         xb = self.xb if xb is None else xb
-        done = K.plan_train(mode, *head, x, y, orders, *tail, xb, self.yb, losses, out)
+        if decay is None:
+            decay = getattr(optim, "weight_decay", 0.0) if mode == K.nn.TRAIN else 0.0
+        done = K.plan_train(mode, *head, x, y, orders, *tail, xb, self.yb, losses, out,
+                            float(decay), bool(self.mean))
         return done, losses
 
     def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None, xb=None):
@@ -135,23 +145,25 @@ class Plan:
             order = natural if order is None else order.astype(np.int64, copy=False)
             total, n_batches = 0.0, 0
             for lo in range(0, n, self.batch):
-                total += self.gradient(x, y, order[lo:lo + self.batch], loss_code)
+                total += self.gradient(x, y, order[lo:lo + self.batch], loss_code,
+                                       getattr(optim, "weight_decay", 0.0))
                 n_batches += 1
                 optim.t += 1
                 K.optim_update(optim.code, model.params, model.grads, slots[0], slots[-1],
                                optim.hyper())
-            losses.append(total / n_batches)
+            losses.append(total / n if self.mean else total / n_batches)
             if not np.isfinite(losses[-1]):
                 break
         return losses
 
-    def gradient(self, x, y, rows, loss_code):
+    def gradient(self, x, y, rows, loss_code, decay=0.0):
         """Gradients of the batch x[rows], y[rows] into ``model.grads``, no update;
-        returns the batch loss. rows: int64 indices, at most ``batch`` of them."""
+        returns the batch loss. rows: int64 indices, at most ``batch`` of them. ``decay``:
+        L2 on the weights, in the loss and the gradients (see plan_train)."""
         losses = np.empty(1)
         rows = np.ascontiguousarray(rows, dtype=np.int64)[None, :]
         self._plan_train(x, y, rows, loss_code, None, losses, self._no_output,
-                         mode=K.nn.GRADIENT)
+                         mode=K.nn.GRADIENT, decay=decay)
         return float(losses[0])
 
     def predict(self, x):
@@ -204,9 +216,21 @@ def layerwise_epoch(model, x, y, order, batch_size, optim, loss):
         else:
             rows = order[start:start + batch_size]
             xb, yb = x[rows], y[rows]
-        losses.append(loss(model._forward(xb), yb))
+        losses.append(loss(model._forward(xb), yb) + _penalty(optim, model, loss, len(xb)))
         optim(model, loss)
+    if getattr(loss, "reduction", "sum") == "mean":   # mean over samples
+        sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+        return float(np.dot(losses, sizes) / n)
     return float(np.mean(losses))
+
+
+def _penalty(optim, model, loss, rows):
+    """The optimizer's weight-decay penalty as part of one batch's loss."""
+    penalty = getattr(optim, "penalty", None)
+    if penalty is None:
+        return 0.0
+    value = penalty(model)
+    return value / rows if getattr(loss, "reduction", "sum") == "mean" else value
 
 
 def epoch_runner(model, x, y, batch_size, optim, loss):
@@ -221,7 +245,9 @@ def epoch_runner(model, x, y, batch_size, optim, loss):
                              f"prediction has shape {(len(x), n_out)}; they must match "
                              f"(one-hot encode class labels, reshape a 1-D target with "
                              f"y.reshape(-1, 1))")
-        return lambda orders: plan.train(x, y, orders, code, optim)
+        mean = getattr(loss, "reduction", "sum") == "mean"
+        eps = getattr(loss, "eps", None)
+        return lambda orders: plan.train(x, y, orders, code, optim, mean, eps)
 
     def layerwise(orders):
         values = []

@@ -9,7 +9,8 @@ arrays never compile a ``parallel=True`` kernel nor start Numba's thread pool.
 """
 from . import nn
 from .config import PARALLEL_MIN_ELEMENTS, SMALL_GEMM_FLOPS, THREADING_LAYER, serialized
-from .nn import (ADAM, BCE, CCE, IDENTITY, MOMENTUM, MSE, RELU, RMSPROP, SGD, SIGMOID,
+from .nn import (ADAM, ADAM_LR, BCE, CCE, HALF_SE, IDENTITY, MOMENTUM, MSE, NESTEROV,
+                 RELU, RMSPROP, SGD, SIGMOID,
                  SIGMOID_BCE, SOFTMAX, SOFTMAX_CCE, TANH, activation_backward_bias,
                  column_sum, linear_backward, matmul, matmul_nt, matmul_tn, plan_train,
                  tiny_train)

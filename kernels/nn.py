@@ -35,6 +35,12 @@ IDENTITY, RELU, SIGMOID, TANH, SOFTMAX = 0, 1, 2, 3, 4
 MSE, CCE, BCE, SOFTMAX_CCE, SIGMOID_BCE = 0, 1, 2, 3, 4
 # Optimizer codes; hyper-parameters travel in a float64 array `hp` (see optim_update).
 SGD, MOMENTUM, RMSPROP, ADAM = 0, 1, 2, 3
+# Nesterov momentum, and Adam with its bias correction folded into the step size (the Adam
+# paper's section 2 form, scikit-learn's AdamOptimizer): see optim_update.
+NESTEROV, ADAM_LR = 4, 5
+# Half squared error: value 0.5 * mean over outputs of e**2 per sample, gradient e (see
+# loss_forward_backward).
+HALF_SE = 5
 
 
 # ---------------------------------------------------------------- scalar helpers
@@ -390,6 +396,11 @@ def _loss_rows(code, dpred, pred, y, eps, lo, hi):
                     total -= y[i, j] * np.log(max(pred[i, j], eps))
             for j in range(n_out):
                 dpred[i, j] = pred[i, j] * ysum - y[i, j]
+        elif code == HALF_SE:
+            for j in range(n_out):
+                e = pred[i, j] - y[i, j]
+                total += e * e
+                dpred[i, j] = e
         else:  # SIGMOID_BCE: d/dz of the binary cross-entropy of sigmoid(z) is p - y.
             for j in range(n_out):
                 p = min(max(pred[i, j], eps), 1.0 - eps)
@@ -399,9 +410,14 @@ def _loss_rows(code, dpred, pred, y, eps, lo, hi):
 
 
 @njit(**SERIAL)
-def _loss_value(code, total, size):
-    """The loss from the sum of the chunk sums: MSE is a mean over all elements."""
-    return total / size if code == MSE else total
+def _loss_value(code, total, rows, n_out):
+    """The loss from the sum of the chunk sums: MSE is a mean over all elements, HALF_SE
+    half a mean over the outputs (summed over rows), the others sums."""
+    if code == MSE:
+        return total / (rows * n_out)
+    if code == HALF_SE:
+        return 0.5 * total / n_out
+    return total
 
 
 @njit(**PARALLEL)
@@ -415,7 +431,7 @@ def loss_forward_backward_par(code, dpred, pred, y, eps):
     total = 0.0
     for c in range(partial.shape[0]):
         total += partial[c]
-    return _loss_value(code, total, pred.size)
+    return _loss_value(code, total, pred.shape[0], pred.shape[1])
 
 
 @njit(**SERIAL)
@@ -423,6 +439,9 @@ def loss_forward_backward(code, dpred, pred, y, eps):
     """Loss value and its gradient in one pass; returns the loss, writes dL/dpred.
 
     MSE: mean(e**2) with e = pred - y, gradient 2 e / O (the original convention).
+    HALF_SE: sum over rows of 0.5 * mean over outputs of e**2, gradient e: the gradient of
+    half the *summed* squared error per row (scikit-learn's squared_error convention; the
+    two agree for one output).
     CCE / BCE / fused pairs: sums over the batch and the outputs (no mean); p is clipped
     to [eps, 1] (CCE) or [eps, 1 - eps] (BCE) inside the logarithms.
     dpred, pred, y: (N, O). Rows are summed in chunks of ROWS_PER_CHUNK, then the chunk
@@ -433,7 +452,7 @@ def loss_forward_backward(code, dpred, pred, y, eps):
     for c in range(_chunks(n, ROWS_PER_CHUNK)):
         total += _loss_rows(code, dpred, pred, y, eps, c * ROWS_PER_CHUNK,
                             min(n, (c + 1) * ROWS_PER_CHUNK))
-    return _loss_value(code, total, pred.size)
+    return _loss_value(code, total, pred.shape[0], pred.shape[1])
 
 
 # ---------------------------------------------------------------- optimizers
@@ -450,6 +469,18 @@ def _update_range(code, p, g, s1, s2, hp, lo, hi):
         for k in range(lo, hi):
             s1[k] = beta * s1[k] + lr * g[k]
             p[k] -= s1[k]
+    elif code == NESTEROV:
+        beta = hp[1]
+        for k in range(lo, hi):
+            s1[k] = beta * s1[k] + lr * g[k]
+            p[k] -= beta * s1[k] + lr * g[k]
+    elif code == ADAM_LR:
+        b1, b2, eps = hp[1], hp[2], hp[3]
+        lr = lr * np.sqrt(hp[5]) / hp[4]   # the bias correction, folded into the step
+        for k in range(lo, hi):
+            s1[k] = b1 * s1[k] + (1.0 - b1) * g[k]
+            s2[k] = b2 * s2[k] + (1.0 - b2) * g[k] * g[k]
+            p[k] -= lr * s1[k] / (np.sqrt(s2[k]) + eps)
     elif code == RMSPROP:
         alpha, eps = hp[1], hp[3]
         for k in range(lo, hi):
@@ -481,6 +512,8 @@ def optim_update(code, p, g, s1, s2, hp):
     RMSPROP:  s1 = a s1 + (1 - a) g^2; p -= lr g / (sqrt(s1) + eps)     (a = alpha)
     ADAM:     s1 = a s1 + (1 - a) g; s2 = b s2 + (1 - b) g^2;
               p -= lr (s1 / c1) / (sqrt(s2 / c2) + eps), c1 = 1 - a^t, c2 = 1 - b^t
+    NESTEROV: s1 = a s1 + lr g; p -= a s1 + lr g                       (a = beta)
+    ADAM_LR:  s1, s2 as ADAM; p -= lr_t s1 / (sqrt(s2) + eps), lr_t = lr sqrt(c2) / c1
     hp = (lr, a, b, eps, c1, c2), float64. p, g, s1, s2: 1-D, same length.
     """
     _update_range(code, p, g, s1, s2, hp, 0, p.shape[0])
@@ -514,6 +547,40 @@ def _step_hyper(hp):
     for i in range(6):
         out[i] = hp[i] if i < hp.shape[0] else 1.0
     return out
+
+
+@njit(**SERIAL)
+def _bias_terms(step_hp, hp, t, opt_code):
+    """c1 = 1 - b1^t, c2 = 1 - b2^t of the Adams at step t (1 for the others)."""
+    adam = opt_code == ADAM or opt_code == ADAM_LR
+    step_hp[4] = 1.0 - hp[1] ** t if adam else 1.0
+    step_hp[5] = 1.0 - hp[2] ** t if adam else 1.0
+
+
+@njit(**SERIAL)
+def weight_square_sum(spec, params):
+    """Sum of the squared weights of every Linear block in ``spec`` (biases excluded)."""
+    total = 0.0
+    for k in range(spec.shape[0]):
+        has_lin, _, n_in, n_out, w_off, _ = spec[k]
+        if has_lin:
+            for q in range(w_off, w_off + n_in * n_out):
+                total += params[q] * params[q]
+    return total
+
+
+@njit(**SERIAL)
+def regularize_gradients(spec, params, grads, decay, rows):
+    """Weight gradients become (g + decay * w) / rows, bias gradients g / rows: the
+    gradient of (summed loss + 0.5 * decay * sum(w**2)) / rows, in scikit-learn's order of
+    operations (rows = 1: plain L2 on the sum)."""
+    for k in range(spec.shape[0]):
+        has_lin, _, n_in, n_out, w_off, b_off = spec[k]
+        if has_lin:
+            for q in range(w_off, w_off + n_in * n_out):
+                grads[q] = (grads[q] + decay * params[q]) / rows
+            for q in range(b_off, b_off + n_out):
+                grads[q] = grads[q] / rows
 
 
 @njit(inline="always", **SERIAL)
@@ -558,7 +625,7 @@ def _gather_rows(xin, yin, x, y, order, lo):
 
 @njit(**SERIAL)
 def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
-               opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out):
+               opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
     """The compiled plan; returns the number of epochs run (TRAIN), else 0.
 
     TRAIN: train len(losses) epochs, losses[e] = mean batch loss of epoch e; stops after
@@ -570,6 +637,10 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
     PREDICT: out = model(x), ``batch`` rows at a time.
     loss_code SOFTMAX_CCE / SIGMOID_BCE mean the last block's activation is fused into
     the loss: its backward is skipped.
+    decay: L2 coefficient on the weights (not the biases): each batch's loss gains
+    0.5 * decay * sum(w**2) and each weight gradient decay * w. mean: the batch objective,
+    penalty included, is divided by the batch rows (see regularize_gradients), and
+    losses[e] is the mean over samples (batch losses weighted by their rows).
     """
     n, n_in = x.shape
     n_out = out.shape[1]
@@ -607,7 +678,9 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
             for c in range(_chunks(rows, ROWS_PER_CHUNK)):
                 value += _loss_rows(loss_code, d, pred, yin, eps, c * ROWS_PER_CHUNK,
                                     min(rows, (c + 1) * ROWS_PER_CHUNK))
-            total += _loss_value(loss_code, value, rows * n_out)
+            total += _loss_value(loss_code, value, rows, n_out)
+            if decay != 0.0:
+                total += 0.5 * decay * weight_square_sum(spec, params)
             n_batches += 1
             # backward, last block to first; d = dL/d(output of block k)
             use_g1 = True
@@ -630,14 +703,15 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
                     _backward_rows(nxt, d, out_k, act, 0, rows)
                 d = nxt
                 use_g1 = not use_g1
+            if decay != 0.0 or mean:
+                regularize_gradients(spec, params, grads, decay, rows if mean else 1)
             if mode == GRADIENT:
                 losses[0] = total
                 return 0
             t += 1.0
-            step_hp[4] = 1.0 - hp[1] ** t if opt_code == ADAM else 1.0
-            step_hp[5] = 1.0 - hp[2] ** t if opt_code == ADAM else 1.0
+            _bias_terms(step_hp, hp, t, opt_code)
             _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
-        losses[e] = total / n_batches
+        losses[e] = total / n if mean else total / n_batches
         if not np.isfinite(losses[e]):
             return e + 1
     return losses.shape[0]
@@ -787,13 +861,12 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
             for c in range(_chunks(rows, ROWS_PER_CHUNK)):
                 value += _loss_rows(loss_code, dpred, pred, yb, eps, c * ROWS_PER_CHUNK,
                                     min(rows, (c + 1) * ROWS_PER_CHUNK))
-            total += _loss_value(loss_code, value, rows * n_out)
+            total += _loss_value(loss_code, value, rows, n_out)
             n_batches += 1
             _tiny_backward(spec, a_off, params, grads, x, order, lo, rows, acts, g1, g2,
                            fused)
             t += 1.0
-            step_hp[4] = 1.0 - hp[1] ** t if opt_code == ADAM else 1.0
-            step_hp[5] = 1.0 - hp[2] ** t if opt_code == ADAM else 1.0
+            _bias_terms(step_hp, hp, t, opt_code)
             _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
         losses[e] = total / n_batches
         if not np.isfinite(losses[e]):

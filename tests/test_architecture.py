@@ -32,6 +32,8 @@ STACK = [
     ["fastbp._warmup", "fastbp.breakeven", "fastbp.bench", "fastbp._bench_workers",
      "fastbp.mpi_bench"],
     ["fastbp.cli", "fastbp"],
+    ["fastbp.sklearn"],
+    ["fastbp._sklearn_bench"],
 ]
 FACADES = {"fastbp.layers", "fastbp", "fastbp.reference.layers", "fastbp.reference"}
 

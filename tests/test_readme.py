@@ -13,8 +13,8 @@ def _python_blocks():
 
 def test_readme_examples_run_and_match_their_comments(tmp_path):
     blocks = _python_blocks()
-    assert len(blocks) == 3
-    drop_in, series, toolkit = blocks
+    assert len(blocks) == 4
+    drop_in, series, toolkit, estimators = blocks
     out = subprocess.run([sys.executable, "-c", drop_in], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300, check=True).stdout
     loss = float(out.split()[0])
@@ -29,3 +29,8 @@ def test_readme_examples_run_and_match_their_comments(tmp_path):
                          cwd=tmp_path, timeout=300, check=True).stdout
     assert 0.95 <= float(out.strip()) <= 0.99   # "~0.97"
     assert (tmp_path / "digits.npz").exists()
+    out = subprocess.run([sys.executable, "-c", estimators], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=600, check=True).stdout
+    params, score = out.strip().splitlines()
+    assert params == "{'mlpclassifier__hidden_layer_sizes': (64,)}"
+    assert 0.94 <= float(score) <= 0.98         # "0.96"

@@ -95,5 +95,5 @@ def test_repr_and_saved_files_use_fastbps_names(tmp_path):
     assert repr(back) == repr(opt)
     with np.load(tmp_path / "m.npz") as f:
         meta = f["__fastbp__"].tobytes().decode()
-    assert '"hyper": {"lr": 0.02, "alpha": 0.9, "eps": 1e-10}' in meta
+    assert '"hyper": {"lr": 0.02, "alpha": 0.9, "eps": 1e-10' in meta
     assert "epsilon" not in meta and "beta" not in meta

@@ -43,7 +43,8 @@ class Model:
     def train(self, x, y, optim=None, loss=None, epochs=10, batch_size=None,
               shuffle=True, seed=None):
         """Returns the per-epoch loss per sample: the mean over the epoch's samples of the
-        loss before each update (summed losses divided by the rows, MSE the mean of the
+        loss before each update, weight-decay penalty included (summed losses divided by
+        the rows, a mean-reduced loss weighted by the batch rows, MSE the mean of the
         batch means)."""
         optim = SGD() if optim is None else optim
         loss = MSE() if loss is None else loss
@@ -52,15 +53,21 @@ class Model:
         n = len(x)
         batch_size = n if batch_size is None else min(batch_size, n)
         rng = np.random.default_rng(seed)
+        mean = getattr(loss, "reduction", "sum") == "mean"
         history = []
         for _ in range(epochs):
             order = rng.permutation(n) if shuffle and batch_size < n else np.arange(n)
-            batch_losses = []
+            batch_losses, sizes = [], []
             for start in range(0, n, batch_size):
                 rows = order[start:start + batch_size]
-                batch_losses.append(loss(self(x[rows]), y[rows]))
+                value = loss(self(x[rows]), y[rows])
+                penalty = optim.penalty(self)   # weight decay, at the weights used
+                batch_losses.append(value + (penalty / len(rows) if mean else penalty))
+                sizes.append(len(rows))
                 optim(self, loss)
-            if getattr(loss, "summed", False):
+            if mean:
+                history.append(float(np.average(batch_losses, weights=sizes)))
+            elif getattr(loss, "summed", False):
                 history.append(float(np.sum(batch_losses) / n))
             else:
                 history.append(float(np.mean(batch_losses)))

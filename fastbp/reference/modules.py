@@ -1,4 +1,5 @@
-"""Reference building blocks: Layer, Activation, Linear, Relu, Sigmoid, Tanh, Softmax."""
+"""Reference building blocks: Layer, Activation, Linear, Identity, Relu, Sigmoid, Tanh,
+Softmax."""
 import numpy as np
 
 INITS = ("uniform", "he", "xavier")
@@ -53,6 +54,15 @@ class Linear(Layer):
         self.w_gradient = self.input.T @ grad
         self.b_gradient = grad.sum(axis=0)
         return grad @ self.w.T
+
+
+class Identity(Activation):
+    def __call__(self, x):
+        self.output = x
+        return x
+
+    def backward(self, grad):
+        return grad
 
 
 class Relu(Activation):
