@@ -393,6 +393,24 @@ def _load_fastbp():
     return layers, loss, optim
 
 
+class SklearnFit(Runner):
+    """One whole ``fit`` of an MLPClassifier: fastbp.sklearn's ("fastbp") or scikit-learn's
+    own ("sklearn"), the same parameters and data (fastbp._sklearn_bench)."""
+
+    def __init__(self, spec, library):
+        super().__init__(spec, library)
+        from fastbp import _sklearn_bench as S
+        dtype = np.dtype(spec["dtype"])
+        X, y = S.workload_data(spec["name"], dtype)
+        ours, theirs = S._estimators(spec["name"], dtype)
+        self.estimator = ours if library == "fastbp" else theirs
+        self.call = S._fit_fn(self.estimator, X, y)
+        self.warm = (lambda: S.warm_up(dtype)) if library == "fastbp" else (lambda: None)
+
+    def loss(self):
+        return float(self.estimator.loss_)
+
+
 # (library, workload kind) -> Runner. A new competitor (scikit-learn, say) adds its rows
 # here and its import name to LIBRARIES; the parent skips libraries that are not installed.
 RUNNERS = {
@@ -406,9 +424,11 @@ RUNNERS = {
     ("torch", "softmax"): TorchSoftmax,
     ("jax", "mlp"): JaxMLP,
     ("blas", "gemm"): Gemm,
+    ("fastbp", "sklearn"): lambda spec, variant: SklearnFit(spec, "fastbp"),
+    ("sklearn", "sklearn"): lambda spec, variant: SklearnFit(spec, "sklearn"),
 }
 LIBRARIES = {"fastbp": "fastbp", "reference": "numpy", "torch": "torch", "jax": "jax",
-             "blas": "scipy"}
+             "blas": "scipy", "sklearn": "sklearn"}
 
 
 def runner(library, spec, variant):

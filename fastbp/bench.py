@@ -106,6 +106,20 @@ workload("train-overhead", "XOR, train(epochs=1) vs the compiled plan's call alo
          dict(XOR, epochs=1, inner=100),
          [Row("fastbp train()", "fastbp", "train"),
           Row("fastbp compiled plan call", "fastbp", "plan")], base="fastbp train()")
+# scikit-learn's MLPClassifier against fastbp.sklearn's, whole fits (issue 14); not in the
+# default run (a 50,000-row fit takes scikit-learn tens of seconds): name them to run them.
+SKLEARN_ROWS = [Row("fastbp.sklearn", "fastbp", "fit"), Row("scikit-learn", "sklearn", "fit")]
+for _dtype in ("float64", "float32"):
+    _bits = "" if _dtype == "float64" else "32"
+    workload(f"sklearn-digits{_bits}", f"MLPClassifier fit, digits 1797x64, (128, 64), adam, "
+             f"200 iterations, batch auto, {_dtype}",
+             dict(kind="sklearn", name="digits (128, 64) adam 200 it", dtype=_dtype),
+             SKLEARN_ROWS, base="fastbp.sklearn")
+    workload(f"sklearn-50k{_bits}", f"MLPClassifier fit, make_classification 50000x100, "
+             f"10 classes, (256, 256), adam, 20 iterations, {_dtype}",
+             dict(kind="sklearn", name="make_classification 50000x100 (256, 256) adam 20 it",
+                  dtype=_dtype), SKLEARN_ROWS, base="fastbp.sklearn")
+OPTIONAL = {name for name in WORKLOADS if name.startswith("sklearn")}
 # "process" is timed from here, one fresh process per run (see run_process_workload).
 PROCESS_ROWS = [Row("fastbp", "fastbp", "process"), Row("reference", "reference", "process"),
                 Row("pytorch", "torch", "process"), Row("jax", "jax", "process")]
@@ -505,7 +519,7 @@ def _timed_process(argv, cache_dir):
 
 
 def main(args):
-    names = args.workloads or list(WORKLOADS)
+    names = args.workloads or [n for n in WORKLOADS if n not in OPTIONAL]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise SystemExit(f"fastbp bench: unknown workload(s) {unknown}; choose from "

@@ -193,7 +193,8 @@ def main(argv=None):
                        "each library in its own worker process")
     p.add_argument("workloads", nargs="*", help="subset of: xor digits digits-adam medium "
                    "medium64 large32 large64 softmax layerwise train-overhead process "
-                   "(default: all)")
+                   "(default: all of these), or the scikit-learn fits, which run only "
+                   "when named: sklearn-digits sklearn-50k sklearn-digits32 sklearn-50k32")
     p.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
     p.add_argument("--rounds", type=_int_at_least(1), help="interleaved rounds")
     p.add_argument("--cold", action="store_true",

@@ -241,7 +241,7 @@ def epoch_runner(model, x, y, batch_size, optim, loss, comm):
         model.backward(loss)
         return value
 
-    def run(orders):
+    def run(orders, stop=()):   # ranks stop together: Ctrl-C waits for the chunk's end
         values = []
         with abort_on_error(comm):
             for order in orders:

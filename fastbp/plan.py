@@ -83,14 +83,16 @@ class Plan:
     def by_steps(self):
         return self.model.params.shape[0] >= K.PARALLEL_MIN_ELEMENTS
 
-    def train(self, x, y, orders, loss_code, optim, mean=False, eps=None):
+    def train(self, x, y, orders, loss_code, optim, mean=False, eps=None, stop=()):
         """Run one epoch per entry of ``orders`` (None = natural order); returns the epoch
         losses, stopping after the first that is NaN or Inf. ``mean``: the loss has
-        reduction="mean"; ``eps``: the loss's clip (None: the dtype's default)."""
+        reduction="mean"; ``eps``: the loss's clip (None: the dtype's default). ``stop``:
+        when it becomes truthy (Ctrl-C), large models stop after the running step and the
+        completed epochs are returned."""
         self.mean, self.eps = mean, eps
         decay = getattr(optim, "weight_decay", 0.0)
         if self.by_steps:
-            return self._train_by_steps(x, y, orders, loss_code, optim)
+            return self._train_by_steps(x, y, orders, loss_code, optim, stop)
         # The tiny kernel has no weight decay nor mean reduction (scikit-learn's options).
         kernel = self._tiny_train if self.tiny and not (decay or mean) else self._plan_train
         done, losses = kernel(x, y, _order_array(orders), loss_code, optim,
@@ -134,7 +136,7 @@ class Plan:
                             self.yb.reshape(self.batch, n_out), losses, out)
         return done, losses
 
-    def _train_by_steps(self, x, y, orders, loss_code, optim):
+    def _train_by_steps(self, x, y, orders, loss_code, optim, stop=()):
         """As ``train``, one compiled call per step, with the update from Python (parallel
         for large models): the same kernels in the same order, so the same numbers."""
         model, n = self.model, len(x)
@@ -151,6 +153,8 @@ class Plan:
                 optim.t += 1
                 K.optim_update(optim.code, model.params, model.grads, slots[0], slots[-1],
                                optim.hyper())
+                if stop:   # Ctrl-C: weights and t describe the steps taken; the epoch is lost
+                    return losses
             losses.append(total / n if self.mean else total / n_batches)
             if not np.isfinite(losses[-1]):
                 break
@@ -205,8 +209,9 @@ def plan_for(model, batch):
     return model._plan
 
 
-def layerwise_epoch(model, x, y, order, batch_size, optim, loss):
-    """One epoch, layer by layer (any layers, loss and optimizer); returns the mean loss."""
+def layerwise_epoch(model, x, y, order, batch_size, optim, loss, stop=()):
+    """One epoch, layer by layer (any layers, loss and optimizer); returns the mean loss,
+    or None when ``stop`` became truthy (Ctrl-C) before the epoch ended."""
     n = len(x)
     losses = []
     for start in range(0, n, batch_size):
@@ -218,6 +223,8 @@ def layerwise_epoch(model, x, y, order, batch_size, optim, loss):
             xb, yb = x[rows], y[rows]
         losses.append(loss(model._forward(xb), yb) + _penalty(optim, model, loss, len(xb)))
         optim(model, loss)
+        if stop and start + batch_size < n:
+            return None
     if getattr(loss, "reduction", "sum") == "mean":   # mean over samples
         sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
         return float(np.dot(losses, sizes) / n)
@@ -247,13 +254,16 @@ def epoch_runner(model, x, y, batch_size, optim, loss):
                              f"y.reshape(-1, 1))")
         mean = getattr(loss, "reduction", "sum") == "mean"
         eps = getattr(loss, "eps", None)
-        return lambda orders: plan.train(x, y, orders, code, optim, mean, eps)
+        return lambda orders, stop=(): plan.train(x, y, orders, code, optim, mean, eps, stop)
 
-    def layerwise(orders):
+    def layerwise(orders, stop=()):
         values = []
         for order in orders:
-            values.append(layerwise_epoch(model, x, y, order, batch_size, optim, loss))
-            if not np.isfinite(values[-1]):
+            value = layerwise_epoch(model, x, y, order, batch_size, optim, loss, stop)
+            if value is None:   # Ctrl-C in the middle of the epoch
+                break
+            values.append(value)
+            if not np.isfinite(value) or stop:
                 break
         return values
     return layerwise

@@ -69,11 +69,11 @@ def interrupts_deferred():
     KeyboardInterrupt: weights, optimizer state, ``optim.t`` and the History then describe
     the same completed steps. A second Ctrl-C interrupts at once (a custom layer that
     hangs). Only in the main thread, and only over Python's default handler."""
+    caught = []   # yielded: a runner that sees it filled stops at the next step
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
+        yield caught
         return
-    caught = []
 
     def hold(signum, frame):
         if caught:
@@ -82,7 +82,7 @@ def interrupts_deferred():
 
     signal.signal(signal.SIGINT, hold)
     try:
-        yield
+        yield caught
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if caught:
@@ -161,10 +161,10 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     notice = compile_notice(verbose, write=lambda text: tqdm.write(text, file=sys.stderr))
     with bar_context as bar, notice:
         while len(history) < epochs:
-            with interrupts_deferred():
-                elapsed = _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n,
-                                 rows_per_epoch, n_batches, optim, loss, validation_data,
-                                 bar, verbose)
+            with interrupts_deferred() as caught:
+                elapsed = _chunk(model, history, lambda orders: run_epochs(orders, caught),
+                                 chunk, epochs, shuffled, rng, n, rows_per_epoch, n_batches,
+                                 optim, loss, validation_data, bar, verbose)
             if validation_data is None:
                 chunk = int(min(most, max(1, chunk * target / max(elapsed, 1e-6))))
     return history
