@@ -173,7 +173,9 @@ class Model:
 
         When the model ends in Softmax and the loss is CategoricalCrossentropy (or Sigmoid
         and BinaryCrossentropy), the pair's gradient w.r.t. the logits, p - y, is used
-        directly: no division by p and no Jacobian (see ``fastbp.pairs``).
+        directly: no division by p and no Jacobian (see ``fastbp.pairs``). Returns dL/dx,
+        or None when the first layer is a built-in Linear: its input gradient, which no
+        layer needs, is not computed (a GEMM saved per step).
         """
         layers = self.layers
         grad = fused_gradient(loss, layers[-1])
@@ -181,7 +183,10 @@ class Model:
             grad = loss.backward()
         else:
             layers = layers[:-1]
-        for layer in reversed(layers):
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
+            if i == 0 and type(layer) is Linear:
+                return layer.backward(grad, input_gradient=False)
             grad = layer.backward(grad)
         return grad
 

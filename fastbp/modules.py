@@ -155,14 +155,15 @@ class Linear(Layer):
         K.linear_forward(out, x, self._w, self._b, K.IDENTITY)
         return out
 
-    def backward(self, grad):
-        """Sets w_gradient = x.T @ grad and b_gradient = grad.sum(0); returns grad @ w.T."""
+    def backward(self, grad, *, input_gradient=True):
+        """Sets w_gradient = x.T @ grad and b_gradient = grad.sum(0); returns grad @ w.T,
+        or None with ``input_gradient=False`` (a first layer's: nobody needs it)."""
         require_forward(self, "input")
         grad = grad_like(grad, (self.input.shape[0], self.units), self.dtype,
                           f"Linear({self.units})")
-        dx = np.empty_like(self.input)
-        K.linear_backward(dx, self._dw, self._db, grad, self.input, self._w, True)
-        return dx
+        dx = np.empty_like(self.input) if input_gradient else self.input[:0]
+        K.linear_backward(dx, self._dw, self._db, grad, self.input, self._w, input_gradient)
+        return dx if input_gradient else None
 
     def __repr__(self):
         return f"Linear({self.units})"

@@ -77,6 +77,10 @@ class Plan:
         self.tiny = bool((batch * spec[:, 2] * spec[:, 3] * spec[:, 0]).max()
                          <= K.SMALL_GEMM_FLOPS)
         self._no_output = np.empty((0, int(spec[-1, 3])), dtype)
+        # The tiny kernel keeps the batch's input rows in front of the activations.
+        lead = batch * int(spec[0, 2])
+        self.tiny_a_off = self.a_off + lead
+        self.tiny_acts = np.empty(lead + self.acts.size, dtype) if self.tiny else None
         self.mean, self.eps = False, None   # the loss's reduction and clip (see train)
 
     @property
@@ -126,10 +130,11 @@ class Plan:
         return done, losses
 
     def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None, xb=None):
-        head, tail = self._kernel_args(loss_code, optim, acts)
-        acts = self.acts if acts is None else acts
+        acts = self.tiny_acts if acts is None else acts
+        (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts)
+        head = (spec, self.tiny_a_off, params, grads)
         n_out = int(self.spec[-1, 3])
-        last, rows = int(self.a_off[-1]), self.batch * n_out
+        last, rows = int(self.tiny_a_off[-1]), self.batch * n_out
         done = K.tiny_train(*head, x, y, orders, *tail,
                             acts[last:last + rows].reshape(self.batch, n_out),
                             self.g1[:rows].reshape(self.batch, n_out),
@@ -175,7 +180,8 @@ class Plan:
         n_out = int(self.spec[-1, 3])
         out = np.empty((len(x), n_out), self.model.dtype)
         no_y = np.empty((0, n_out), self.model.dtype)
-        scratch = {"acts": np.empty_like(self.acts), "xb": np.empty_like(self.xb)}
+        scratch = {"acts": np.empty_like(self.tiny_acts if self.tiny else self.acts),
+                   "xb": np.empty_like(self.xb)}
         if self.tiny:
             self._tiny_train(x, no_y, _NATURAL, K.MSE, None, np.empty(0), out, **scratch)
         else:

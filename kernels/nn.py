@@ -729,22 +729,28 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
 
 @njit(**SERIAL)
 def _tiny_forward(spec, a_off, params, x, order, lo, rows, acts):
-    """Forward pass of rows order[lo:lo + rows] of x (rows lo.. when order is empty)."""
+    """Forward pass of rows order[lo:lo + rows] of x (rows lo.. when order is empty).
+    The rows are first copied to acts[0:rows * I_0] (block k's input sits at a_off[k - 1],
+    the batch's at 0), so the innermost loops read one flat buffer, with no branch."""
+    n_in = x.shape[1]
+    for r in range(rows):
+        src = lo + r if order.shape[0] == 0 else order[lo + r]
+        for i in range(n_in):
+            acts[r * n_in + i] = x[src, i]
     for k in range(spec.shape[0]):
         has_lin, act, k_in, k_out, w_off, b_off = spec[k]
+        inp = 0 if k == 0 else a_off[k - 1]
         for r in range(rows):
-            src = lo + r if order.shape[0] == 0 else order[lo + r]
             row = a_off[k] + r * k_out
             for j in range(k_out):
                 if has_lin:
                     s = 0.0
                     for i in range(k_in):
-                        xi = x[src, i] if k == 0 else acts[a_off[k - 1] + r * k_in + i]
-                        s += xi * params[w_off + i * k_out + j]
+                        s += acts[inp + r * k_in + i] * params[w_off + i * k_out + j]
                     acts[row + j] = s
                     acts[row + j] = acts[row + j] + params[b_off + j]
                 else:
-                    acts[row + j] = x[src, j] if k == 0 else acts[a_off[k - 1] + r * k_in + j]
+                    acts[row + j] = acts[inp + r * k_in + j]
             if act == RELU:
                 for j in range(row, row + k_out):
                     if acts[j] < 0:
@@ -783,9 +789,9 @@ def _tiny_exp_activation(acts, row, n, act):
 
 
 @njit(**SERIAL)
-def _tiny_backward(spec, a_off, params, grads, x, order, lo, rows, acts, d, nxt, fused):
-    """Backward pass of the batch from d = dL/d(output) (rows x O_last in ``d``): fills
-    ``grads``; ``d`` and ``nxt`` are scratch, overwritten."""
+def _tiny_backward(spec, a_off, params, grads, rows, acts, d, nxt, fused):
+    """Backward pass of the batch from d = dL/d(output) (rows x O_last in ``d``), after
+    _tiny_forward: fills ``grads``; ``d`` and ``nxt`` are scratch, overwritten."""
     n_blocks = spec.shape[0]
     for k in range(n_blocks - 1, -1, -1):
         has_lin, act, k_in, k_out, w_off, b_off = spec[k]
@@ -816,13 +822,12 @@ def _tiny_backward(spec, a_off, params, grads, x, order, lo, rows, acts, d, nxt,
             for r in range(rows):
                 for j in range(k_out):
                     grads[b_off + j] += d[r * k_out + j]
+            inp = 0 if k == 0 else a_off[k - 1]
             for i in range(k_in):
                 for j in range(k_out):
                     s = 0.0
                     for r in range(rows):
-                        src = lo + r if order.shape[0] == 0 else order[lo + r]
-                        xi = x[src, i] if k == 0 else acts[a_off[k - 1] + r * k_in + i]
-                        s += xi * d[r * k_out + j]
+                        s += acts[inp + r * k_in + i] * d[r * k_out + j]
                     grads[w_off + i * k_out + j] = s
             if k > 0:
                 for r in range(rows):
@@ -840,6 +845,8 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
     """plan_train and plan_predict for tiny networks (see above), in one function so that
     a first run compiles one kernel. Trains len(losses) epochs (the natural order is
     orders of shape (1, 0)), then, when ``out`` has rows, writes model(x) into it.
+    ``acts`` holds the batch's input rows at 0 and block k's output at a_off[k] (so
+    a_off[0] >= batch * I_0).
     pred, dpred, yb: (batch, O_last) views of the last block's output in ``acts``, of
     ``g1``, and a buffer for the batch's targets. Returns the number of epochs run."""
     n = x.shape[0]
@@ -863,8 +870,7 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
                                     min(rows, (c + 1) * ROWS_PER_CHUNK))
             total += _loss_value(loss_code, value, rows, n_out)
             n_batches += 1
-            _tiny_backward(spec, a_off, params, grads, x, order, lo, rows, acts, g1, g2,
-                           fused)
+            _tiny_backward(spec, a_off, params, grads, rows, acts, g1, g2, fused)
             t += 1.0
             _bias_terms(step_hp, hp, t, opt_code)
             _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])

@@ -29,11 +29,11 @@ STACK = [
     ["fastbp.model"],
     ["fastbp.io"],
     ["fastbp.layers", "fastbp.data"],
+    ["fastbp.sklearn"],
+    ["fastbp._sklearn_bench"],
     ["fastbp._warmup", "fastbp.breakeven", "fastbp.bench", "fastbp._bench_workers",
      "fastbp.mpi_bench"],
     ["fastbp.cli", "fastbp"],
-    ["fastbp.sklearn"],
-    ["fastbp._sklearn_bench"],
 ]
 FACADES = {"fastbp.layers", "fastbp", "fastbp.reference.layers", "fastbp.reference"}
 

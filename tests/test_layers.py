@@ -131,3 +131,26 @@ def test_assigning_w_copies_into_the_flat_buffer(rng):
     np.testing.assert_array_equal(net.params[:15], new.ravel())
     with pytest.raises(ValueError, match=r"Linear: w must have shape \(5, 3\)"):
         first.w = np.zeros((3, 5))
+
+
+def test_model_backward_does_not_compute_the_first_linears_input_gradient():
+    """Nobody needs dL/dx of the first Linear: Model.backward skips that GEMM (and says
+    so by returning None), while the gradients stay the reference's."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    net = layers.Model([layers.Linear(4), layers.Tanh(), layers.Linear(2)])
+    ref = R.Model([R.Linear(4), R.Tanh(), R.Linear(2)])
+    lf, rf = loss.MSE(), RL.MSE()
+    np.random.seed(0)      # the weights are drawn at the first call
+    lf(net(x), y)
+    np.random.seed(0)
+    rf(ref(x), y)
+    assert net.backward(lf) is None
+    g = rf.backward()
+    for layer in reversed(ref.layers):
+        g = layer.backward(g)
+    for fast, slow in zip(net.linear_layers, [l for l in ref.layers if hasattr(l, "w")]):
+        np.testing.assert_allclose(fast.w_gradient, slow.w_gradient, rtol=1e-12)
+        np.testing.assert_allclose(fast.b_gradient, slow.b_gradient, rtol=1e-12)
+    dx = net.layers[0].backward(np.ones((5, 4)))   # alone, a Linear still returns dL/dx
+    np.testing.assert_allclose(dx, np.ones((5, 4)) @ net.layers[0].w.T, rtol=1e-12)
