@@ -168,14 +168,17 @@ class Model:
             self._flatten()
         return output
 
-    def backward(self, loss):
+    # Optimizers may call backward(loss, input_gradient=False) on this class (see optim).
+    input_gradient_optional = True
+
+    def backward(self, loss, *, input_gradient=True):
         """Backward pass from ``loss`` (called last on the prediction) through every layer.
 
         When the model ends in Softmax and the loss is CategoricalCrossentropy (or Sigmoid
         and BinaryCrossentropy), the pair's gradient w.r.t. the logits, p - y, is used
-        directly: no division by p and no Jacobian (see ``fastbp.pairs``). Returns dL/dx,
-        or None when the first layer is a built-in Linear: its input gradient, which no
-        layer needs, is not computed (a GEMM saved per step).
+        directly: no division by p and no Jacobian (see ``fastbp.pairs``). Returns dL/dx;
+        with ``input_gradient=False`` (the optimizers' call) a first built-in Linear skips
+        that product, which no layer needs, and None is returned.
         """
         layers = self.layers
         grad = fused_gradient(loss, layers[-1])
@@ -185,7 +188,7 @@ class Model:
             layers = layers[:-1]
         for i in range(len(layers) - 1, -1, -1):
             layer = layers[i]
-            if i == 0 and type(layer) is Linear:
+            if i == 0 and type(layer) is Linear and not input_gradient:
                 return layer.backward(grad, input_gradient=False)
             grad = layer.backward(grad)
         return grad

@@ -68,7 +68,9 @@ class Optimizer:
         self._model = _weak(model)
 
     def __call__(self, model, loss):
-        if callable(getattr(model, "backward", None)):   # a fastbp Model (fused pairs)
+        if getattr(type(model), "input_gradient_optional", False):   # a fastbp Model
+            model.backward(loss, input_gradient=False)   # fused pairs; no dL/dx GEMM
+        elif callable(getattr(model, "backward", None)):
             model.backward(loss)
         else:
             grad = loss.backward()

@@ -134,8 +134,8 @@ def test_assigning_w_copies_into_the_flat_buffer(rng):
 
 
 def test_model_backward_does_not_compute_the_first_linears_input_gradient():
-    """Nobody needs dL/dx of the first Linear: Model.backward skips that GEMM (and says
-    so by returning None), while the gradients stay the reference's."""
+    """Nobody needs dL/dx of the first Linear: the optimizers' Model.backward call skips
+    that GEMM (and returns None), while the gradients stay the reference's."""
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
     net = layers.Model([layers.Linear(4), layers.Tanh(), layers.Linear(2)])
@@ -145,12 +145,13 @@ def test_model_backward_does_not_compute_the_first_linears_input_gradient():
     lf(net(x), y)
     np.random.seed(0)
     rf(ref(x), y)
-    assert net.backward(lf) is None
+    assert net.backward(lf, input_gradient=False) is None
     g = rf.backward()
     for layer in reversed(ref.layers):
         g = layer.backward(g)
     for fast, slow in zip(net.linear_layers, [l for l in ref.layers if hasattr(l, "w")]):
         np.testing.assert_allclose(fast.w_gradient, slow.w_gradient, rtol=1e-12)
         np.testing.assert_allclose(fast.b_gradient, slow.b_gradient, rtol=1e-12)
+    np.testing.assert_allclose(net.backward(lf), g, rtol=1e-12)   # by default: dL/dx
     dx = net.layers[0].backward(np.ones((5, 4)))   # alone, a Linear still returns dL/dx
     np.testing.assert_allclose(dx, np.ones((5, 4)) @ net.layers[0].w.T, rtol=1e-12)

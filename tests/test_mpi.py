@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -37,8 +38,11 @@ def launch(ranks, *args):
     """``mpiexec -n ranks python args...`` with one thread per rank; returns the result."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    # cwd away from the repository root: there, the source folder fastbp/ (without
+    # fastbp.kernels) would shadow the installed package.
     return subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable, *args], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+                          capture_output=True, text=True, timeout=TIMEOUT,
+                          cwd=tempfile.gettempdir())
 
 
 def results(ranks, group):
@@ -151,7 +155,7 @@ def test_import_fastbp_never_imports_mpi():
     code = ("import sys, fastbp, fastbp.distributed, fastbp.mpi_bench; "
             "print('mpi4py' in sys.modules, 'numba_mpi' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=TIMEOUT)
+                          timeout=TIMEOUT, cwd=tempfile.gettempdir())
     assert done.stdout.split() == ["False", "False"], done.stderr
 
 

@@ -6,6 +6,7 @@ sklearn.neural_network's estimator with the same parameters on the same data.
 import pickle
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -250,7 +251,7 @@ def test_same_parameters_and_defaults_as_scikit_learn():
 def test_import_fastbp_does_not_import_scikit_learn():
     code = "import sys, fastbp; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd=tempfile.gettempdir()).stdout   # not the repo root
     assert out.strip() == "False"
 
 
