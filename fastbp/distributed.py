@@ -113,6 +113,10 @@ def abort_on_error(comm):
         print(f"fastbp: rank {rank} of {size} failed during distributed training (see the "
               f"error above); aborting the MPI job so that no rank waits forever",
               file=sys.stderr, flush=True)
+        # mpiexec forwards each rank's output asynchronously and drops what is still in
+        # transit when the job is aborted (seen: a traceback cut after its first line):
+        # give it a moment to pass the message on.
+        time.sleep(0.5)
         comm.Abort(1)
 
 
