@@ -129,7 +129,7 @@ class Plan:
                             float(decay), bool(self.mean))
         return done, losses
 
-    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None, xb=None):
+    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None):
         acts = self.tiny_acts if acts is None else acts
         (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts)
         head = (spec, self.tiny_a_off, params, grads)
@@ -180,13 +180,13 @@ class Plan:
         n_out = int(self.spec[-1, 3])
         out = np.empty((len(x), n_out), self.model.dtype)
         no_y = np.empty((0, n_out), self.model.dtype)
-        scratch = {"acts": np.empty_like(self.tiny_acts if self.tiny else self.acts),
-                   "xb": np.empty_like(self.xb)}
-        if self.tiny:
-            self._tiny_train(x, no_y, _NATURAL, K.MSE, None, np.empty(0), out, **scratch)
+        if self.tiny:   # the tiny kernel keeps the batch's rows in its acts buffer
+            self._tiny_train(x, no_y, _NATURAL, K.MSE, None, np.empty(0), out,
+                             acts=np.empty_like(self.tiny_acts))
         else:
             self._plan_train(x, no_y, _NATURAL, K.MSE, None, np.empty(0), out,
-                             mode=K.nn.PREDICT, **scratch)
+                             mode=K.nn.PREDICT, acts=np.empty_like(self.acts),
+                             xb=np.empty_like(self.xb))
         return out
 
 

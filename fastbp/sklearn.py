@@ -97,6 +97,12 @@ class _BaseMLP(BaseEstimator):
     }
 
     # -- set-up ------------------------------------------------------------------------
+
+    def _set_params(self, values):
+        """Store the constructor's arguments unchanged, as scikit-learn requires (both
+        estimators' ``__init__`` list them explicitly, for ``get_params``)."""
+        for name in self._get_param_names():
+            setattr(self, name, values[name])
     def _layer_units(self, n_features):
         sizes = self.hidden_layer_sizes
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
@@ -362,18 +368,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, max_fun=15000, dtype=np.float64):
-        self.hidden_layer_sizes, self.activation, self.solver = (hidden_layer_sizes,
-                                                                 activation, solver)
-        self.alpha, self.batch_size, self.learning_rate = alpha, batch_size, learning_rate
-        self.learning_rate_init, self.power_t, self.max_iter = (learning_rate_init, power_t,
-                                                                max_iter)
-        self.shuffle, self.random_state, self.tol = shuffle, random_state, tol
-        self.verbose, self.warm_start, self.momentum = verbose, warm_start, momentum
-        self.nesterovs_momentum, self.early_stopping = nesterovs_momentum, early_stopping
-        self.validation_fraction, self.beta_1, self.beta_2 = (validation_fraction, beta_1,
-                                                              beta_2)
-        self.epsilon, self.n_iter_no_change, self.max_fun = epsilon, n_iter_no_change, max_fun
-        self.dtype = dtype
+        self._set_params(locals())
 
     def _output_activation(self):
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
@@ -470,19 +465,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, max_fun=15000, dtype=np.float64):
-        self.loss = loss
-        self.hidden_layer_sizes, self.activation, self.solver = (hidden_layer_sizes,
-                                                                 activation, solver)
-        self.alpha, self.batch_size, self.learning_rate = alpha, batch_size, learning_rate
-        self.learning_rate_init, self.power_t, self.max_iter = (learning_rate_init, power_t,
-                                                                max_iter)
-        self.shuffle, self.random_state, self.tol = shuffle, random_state, tol
-        self.verbose, self.warm_start, self.momentum = verbose, warm_start, momentum
-        self.nesterovs_momentum, self.early_stopping = nesterovs_momentum, early_stopping
-        self.validation_fraction, self.beta_1, self.beta_2 = (validation_fraction, beta_1,
-                                                              beta_2)
-        self.epsilon, self.n_iter_no_change, self.max_fun = epsilon, n_iter_no_change, max_fun
-        self.dtype = dtype
+        self._set_params(locals())
 
     def _output_activation(self):
         return "identity"

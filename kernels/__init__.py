@@ -47,12 +47,28 @@ def _first_parallel_call(name):
 _PAR = {name: _first_parallel_call(name) for name in PARALLEL_KERNELS}
 
 
-def bias_activation_forward(out, z, b, act):
-    """out = act(z + b) row-wise (see nn.bias_activation_forward); parallel when large."""
-    if out.size >= PARALLEL_MIN_ELEMENTS:
-        _PAR["bias_activation_forward_par"](out, z, b, act)
-    else:
-        nn.bias_activation_forward(out, z, b, act)
+def _by_size(name, size, doc):
+    """The kernel ``name``: its parallel variant when ``size(args)`` reaches
+    PARALLEL_MIN_ELEMENTS, else the serial one (both give the same bits)."""
+    serial, parallel = getattr(nn, name), name + "_par"
+
+    def kernel(*args):
+        if size(args) >= PARALLEL_MIN_ELEMENTS:
+            return _PAR[parallel](*args)
+        return serial(*args)
+    kernel.__name__ = kernel.__qualname__ = name
+    kernel.__doc__ = f"{doc} (see nn.{name}); parallel when large."
+    return kernel
+
+
+bias_activation_forward = _by_size("bias_activation_forward", lambda a: a[0].size,
+                                   "out = act(z + b), row-wise")
+activation_backward = _by_size("activation_backward", lambda a: a[2].size,
+                               "dz = dL/dz from dL/d(act(z))")
+loss_forward_backward = _by_size("loss_forward_backward", lambda a: a[2].size,
+                                 "Loss value and gradient")
+optim_update = _by_size("optim_update", lambda a: a[1].shape[0],
+                        "One fused optimizer step")
 
 
 def linear_forward(out, x, w, b, act):
@@ -63,31 +79,3 @@ def linear_forward(out, x, w, b, act):
         _PAR["bias_activation_forward_par"](out, out, b, act)
     else:
         nn.linear_forward(out, x, w, b, act)
-
-
-def activation_backward(dz, dout, out, act):
-    """dz = dL/dz from dL/d(act(z)) (see nn.activation_backward); parallel when large."""
-    if out.size >= PARALLEL_MIN_ELEMENTS:
-        _PAR["activation_backward_par"](dz, dout, out, act)
-    else:
-        nn.activation_backward(dz, dout, out, act)
-
-
-def loss_forward_backward(code, dpred, pred, y, eps):
-    """Loss value and gradient (see nn.loss_forward_backward); parallel when large."""
-    if pred.size >= PARALLEL_MIN_ELEMENTS:
-        return _PAR["loss_forward_backward_par"](code, dpred, pred, y, eps)
-    return nn.loss_forward_backward(code, dpred, pred, y, eps)
-
-
-def optim_update(code, p, g, s1, s2, hp):
-    """One fused optimizer step (see nn.optim_update); parallel when large."""
-    if p.shape[0] >= PARALLEL_MIN_ELEMENTS:
-        _PAR["optim_update_par"](code, p, g, s1, s2, hp)
-    else:
-        nn.optim_update(code, p, g, s1, s2, hp)
-
-
-ENTRY_POINTS = ("activation_backward", "activation_backward_bias", "bias_activation_forward",
-                "column_sum", "linear_backward", "linear_forward", "loss_forward_backward",
-                "matmul", "matmul_nt", "matmul_tn", "optim_update", "plan_train", "tiny_train")
