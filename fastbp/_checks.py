@@ -22,6 +22,13 @@ def as_batch(x, dtype, who, name="x", check_finite=True):
     large for ``dtype`` are refused. The caller's array is never modified: a read-only,
     non-contiguous, Fortran-ordered or byte-swapped input is copied.
     """
+    if type(x) is np.ndarray and x.dtype == dtype and x.ndim == 2 and x.size and \
+            x.flags.c_contiguous and x.flags.writeable and x.flags.aligned and \
+            (not check_finite or np.isfinite(np.add.reduce(x, axis=None))):
+        # Already what the kernels take (train called again on the same arrays): returned
+        # as it is. A sum is finite only when every element is; one that is not (or one
+        # that overflows) takes the full check below, which names the element.
+        return x
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as err:  # ragged nested lists
@@ -67,6 +74,8 @@ def unit_interval(value, who, name):
 
 
 def positive_int(value, who, name):
+    if type(value) is int and value >= 1:   # the common case, without the ABC check below
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{who}: {name} must be an integer >= 1, got {value!r}")
     return int(value)

@@ -26,13 +26,17 @@ class _FirstPass(event.Listener):
         pass
 
 
-@contextlib.contextmanager
+_SILENT = contextlib.nullcontext()
+
+
 def compile_notice(enabled, write=None):
     """While the body runs, say once that the kernels are being compiled (only when
     Numba really compiles: a warm cache stays silent), and how long the body took."""
-    if not enabled:
-        yield
-        return
+    return _notice(write) if enabled else _SILENT
+
+
+@contextlib.contextmanager
+def _notice(write):
     write = write or (lambda text: print(text, file=sys.stderr, flush=True))
     listener = _FirstPass(lambda: write("fastbp: compiling the kernels for this machine "
                                         "(first run only; Numba caches them on disk)..."))

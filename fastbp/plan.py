@@ -65,6 +65,7 @@ class Plan:
 
     def __init__(self, model, spec, batch):
         self.model, self.spec, self.batch = model, spec, batch
+        self.params = model.params   # the buffer the spec's offsets describe
         dtype = model.dtype
         sizes = batch * spec[:, 3]
         self.a_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
@@ -81,6 +82,12 @@ class Plan:
         lead = batch * int(spec[0, 2])
         self.tiny_a_off = self.a_off + lead
         self.tiny_acts = np.empty(lead + self.acts.size, dtype) if self.tiny else None
+        if self.tiny:   # the output rows, their gradient and the targets, as (batch, O)
+            n_out, last = int(spec[-1, 3]), int(self.tiny_a_off[-1])
+            rows = batch * n_out
+            self.tiny_views = (self.tiny_acts[last:last + rows].reshape(batch, n_out),
+                               self.g1[:rows].reshape(batch, n_out),
+                               self.yb.reshape(batch, n_out))
         self.mean, self.eps = False, None   # the loss's reduction and clip (see train)
 
     @property
@@ -130,15 +137,15 @@ class Plan:
         return done, losses
 
     def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None):
-        acts = self.tiny_acts if acts is None else acts
+        if acts is None:
+            acts, views = self.tiny_acts, self.tiny_views
+        else:   # predict's own buffer
+            n_out, last = int(self.spec[-1, 3]), int(self.tiny_a_off[-1])
+            views = (acts[last:last + self.batch * n_out].reshape(self.batch, n_out),) + \
+                self.tiny_views[1:]
         (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts)
-        head = (spec, self.tiny_a_off, params, grads)
-        n_out = int(self.spec[-1, 3])
-        last, rows = int(self.tiny_a_off[-1]), self.batch * n_out
-        done = K.tiny_train(*head, x, y, orders, *tail,
-                            acts[last:last + rows].reshape(self.batch, n_out),
-                            self.g1[:rows].reshape(self.batch, n_out),
-                            self.yb.reshape(self.batch, n_out), losses, out)
+        done = K.tiny_train(spec, self.tiny_a_off, params, grads, x, y, orders, *tail,
+                            *views, losses, out)
         return done, losses
 
     def _train_by_steps(self, x, y, orders, loss_code, optim, stop=()):
@@ -203,13 +210,19 @@ def _order_array(orders):
 
 
 def plan_for(model, batch):
-    """A cached Plan for ``model`` and batches of ``batch`` rows, or None if not possible."""
+    """A cached Plan for ``model`` and batches of ``batch`` rows, or None if not possible.
+    ``model.build`` (or ``_sync``) must run first: it drops the cached plan whenever the
+    layers or the flat buffers changed, so a cached plan of the same batch is current."""
+    cached = getattr(model, "_plan", None)
+    if cached is not None and cached.batch == batch and cached.model is model and \
+            cached.params is model.params and cached.acts.dtype == model.dtype:
+        return cached
     spec = blocks(model)
     if spec is None:
         return None
-    cached = getattr(model, "_plan", None)
     if cached is not None and cached.batch == batch and np.array_equal(cached.spec, spec) \
             and cached.acts.dtype == model.dtype:
+        cached.params = model.params
         return cached
     model._plan = Plan(model, spec, batch)
     return model._plan

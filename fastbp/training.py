@@ -1,10 +1,10 @@
 """The training loop behind Model.train / predict / evaluate: epochs in chunks, the
 progress bar, validation, History. Works on any object with Model's attributes
 (``layers``, ``dtype``, ``build``, ``_forward``); ``fastbp.model`` sits above it."""
+import _signal
 import contextlib
 import copy
 import math
-import signal
 import sys
 import threading
 import time
@@ -63,30 +63,35 @@ def per_sample(loss, value, n_rows, n_batches=1):
     return value * n_batches / n_rows if getattr(loss, "summed", False) else value
 
 
-@contextlib.contextmanager
-def interrupts_deferred():
+class interrupts_deferred:
     """Hold Ctrl-C (SIGINT) back while a chunk of epochs and its bookkeeping run, then raise
     KeyboardInterrupt: weights, optimizer state, ``optim.t`` and the History then describe
     the same completed steps. A second Ctrl-C interrupts at once (a custom layer that
-    hangs). Only in the main thread, and only over Python's default handler."""
-    caught = []   # yielded: a runner that sees it filled stops at the next step
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield caught
-        return
+    hangs). Only in the main thread, and only over Python's default handler.
 
-    def hold(signum, frame):
-        if caught:
-            raise KeyboardInterrupt
-        caught.append(signum)
+    ``with interrupts_deferred() as caught``: ``caught`` is a list that a Ctrl-C fills; a
+    runner that sees it filled stops at the next step. A class, and ``_signal`` (the
+    functions behind ``signal``, without its conversions to enums): a short ``train``
+    call pays for this twice per chunk."""
 
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield caught
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
+    def __enter__(self):
+        caught = self.caught = []
+        self.active = threading.current_thread() is threading.main_thread() and \
+            _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
+        if self.active:
+            def hold(signum, frame):
+                if caught:
+                    raise KeyboardInterrupt
+                caught.append(signum)
+            _signal.signal(_signal.SIGINT, hold)
+        return caught
+
+    def __exit__(self, *exc):
+        if self.active:
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+            if self.caught and exc[0] is None:
+                raise KeyboardInterrupt
+        return False
 
 
 def _instance(value, who, example):
