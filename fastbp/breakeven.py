@@ -3,6 +3,8 @@
 ``python -m fastbp.breakeven`` prints, for the two size switches in kernels/config.py:
 - PARALLEL_MIN_ELEMENTS: time of the serial and the parallel row kernels (bias + ReLU
   forward, ReLU derivative + bias gradient, softmax forward) by element count;
+- the optimizer update (kernels/__init__.py keeps it serial): serial and parallel Adam
+  right after a GEMM, as in a training step;
 - SMALL_GEMM_FLOPS: time of the loop product and of the BLAS call by multiply-adds.
 Competitors are interleaved over rounds and medians reported, as ratios serial/parallel
 and loop/BLAS (above 1: the second is faster).
@@ -49,6 +51,34 @@ def parallel_table(widths=(256,), rows=(8, 32, 64, 128, 256, 512, 1024, 4096)):
                 p()
             ratios = [_median_ratio(a, p) for a, p in cases]
             print(f"{n * w:8d} | " + " | ".join(f"{r:6.2f}" for r in ratios))
+
+
+def update_table(sizes=(32768, 269322, 5820426)):
+    """The Adam update, serial and parallel, each run right after a GEMM as in a training
+    step (BLAS threads still spinning), by parameter count (784-256-256-10 has 269,322,
+    784-2048-2048-10 5,820,426). Not interleaved per call: each side runs its own block of
+    GEMM + update pairs, timing the update only."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((128, 784)), rng.standard_normal((784, 256))
+    out = np.empty((128, 256))
+    print("parameters | Adam update after a GEMM, serial/parallel")
+    for n in sizes:
+        p, g = rng.standard_normal(n), rng.standard_normal(n) * 1e-3
+        s1, s2 = np.zeros(n), np.zeros(n)
+        hp = np.array([1e-3, 0.9, 0.999, 1e-8, 0.1, 0.001])
+
+        def timed(update, reps=20):
+            seconds = []
+            for _ in range(reps):
+                _blas(out, a, b)
+                start = time.perf_counter()
+                update(nn.ADAM, p, g, s1, s2, hp)
+                seconds.append(time.perf_counter() - start)
+            return statistics.median(seconds)
+        ratios = []
+        for _ in range(5):
+            ratios.append(timed(nn.optim_update) / timed(nn.optim_update_par))
+        print(f"{n:10d} | {statistics.median(ratios):6.2f}")
 
 
 def gemm_table(sizes=(2, 4, 8, 12, 16, 24, 32, 48)):
@@ -102,5 +132,7 @@ def _make_helpers():
 if __name__ == "__main__":
     _loop, _loop_tn, _blas, _blas_tn = _make_helpers()
     parallel_table()
+    print()
+    update_table()
     print()
     gemm_table()

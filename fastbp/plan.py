@@ -59,8 +59,9 @@ class Plan:
 
     Models with fewer than ``K.PARALLEL_MIN_ELEMENTS`` parameters train whole epochs in one
     compiled call. Larger ones run one compiled call per step (its gradient) and the
-    optimizer update from Python, where it goes parallel: a step then takes milliseconds,
-    so the call costs nothing measurable, and Ctrl-C is never more than a step away.
+    optimizer update from Python (serial, see kernels/__init__.py): a step then takes
+    milliseconds, so the call costs nothing measurable, and Ctrl-C is never more than a
+    step away.
     """
 
     def __init__(self, model, spec, batch):

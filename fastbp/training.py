@@ -4,6 +4,7 @@ progress bar, validation, History. Works on any object with Model's attributes
 import _signal
 import contextlib
 import copy
+import itertools
 import math
 import sys
 import threading
@@ -184,13 +185,18 @@ def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per
     started = time.perf_counter()
     values = run_epochs(orders)
     elapsed = time.perf_counter() - started
-    for value in values:
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"train: the loss became {value} at epoch {len(history) + 1} "
-                f"(optimizer {optim!r}); training diverged. Lower the learning "
-                f"rate, scale the inputs, or use float64")
-        history.append(per_sample(loss, value, rows_per_epoch, n_batches))
+    finite = list(itertools.takewhile(math.isfinite, values))
+    if getattr(loss, "summed", False):   # per_sample, once per chunk rather than per epoch
+        history.extend([v * n_batches / rows_per_epoch for v in finite])
+    else:
+        history.extend(finite)
+    if len(finite) < len(values):
+        raise FloatingPointError(
+            f"train: the loss became {values[len(finite)]} at epoch {len(history) + 1} "
+            f"(optimizer {optim!r}); training diverged. Lower the learning "
+            f"rate, scale the inputs, or use float64")
+    if not values:   # Ctrl-C inside the chunk's first epoch: nothing to record
+        return elapsed
     postfix = {"loss": history[-1]}
     if validation_data is not None:
         x_val, y_val = validation_data

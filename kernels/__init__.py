@@ -67,8 +67,12 @@ activation_backward = _by_size("activation_backward", lambda a: a[2].size,
                                "dz = dL/dz from dL/d(act(z))")
 loss_forward_backward = _by_size("loss_forward_backward", lambda a: a[2].size,
                                  "Loss value and gradient")
-optim_update = _by_size("optim_update", lambda a: a[1].shape[0],
-                        "One fused optimizer step")
+# The optimizer step stays serial at every size: in training it always follows the
+# step's BLAS products, whose threads keep spinning for ~0.1 s, and a parallel update
+# competing with them ran 3-5x slower than the serial one (784-256-256-10 and
+# 784-2048-2048-10, Adam, float32, on 2 cores; `python -m fastbp.breakeven` measures it).
+# optim_update_par is kept for that measurement and for the serial = parallel bits test.
+optim_update = nn.optim_update
 
 
 def linear_forward(out, x, w, b, act):
