@@ -70,7 +70,7 @@ TINY_ROWS = [B.FASTBP, B.REFERENCE, B.PYTORCH] + B.JAX_ROWS
 
 
 @pytest.fixture(scope="module")
-def tiny_bench():
+def tiny_bench():   # starts every competitor's worker process: the tests using it are slow
     """Real workers, set up once for a tiny workload registered under 'tiny'."""
     B.WORKLOADS["tiny"] = B.Workload("tiny", TINY, TINY_ROWS, "fastbp", None)
     bench = B.Bench(log=lambda message: None)
@@ -80,6 +80,7 @@ def tiny_bench():
     del B.WORKLOADS["tiny"]
 
 
+@pytest.mark.slow
 def test_every_competitor_starts_from_the_same_weights(tiny_bench):
     bench, rows = tiny_bench
     assert {"fastbp", "reference"} <= {row.name for row in rows}, bench.notes
@@ -93,6 +94,7 @@ def test_every_competitor_starts_from_the_same_weights(tiny_bench):
             np.testing.assert_array_equal(b, b0, err_msg=row.name)
 
 
+@pytest.mark.slow
 def test_workers_train_to_the_same_final_loss(tiny_bench):
     bench, rows = tiny_bench
     results = bench.measure("tiny", rows, rounds=1)
@@ -109,6 +111,7 @@ def test_workers_train_to_the_same_final_loss(tiny_bench):
         assert value == pytest.approx(losses["fastbp"], rel=1e-9), name
 
 
+@pytest.mark.slow
 def test_each_worker_imports_only_its_own_library(tiny_bench):
     bench, rows = tiny_bench
     libraries = {"fastbp": "fastbp", "numba": "fastbp", "torch": "torch", "jax": "jax"}

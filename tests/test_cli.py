@@ -4,8 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import fastbp
+
+# The three heaviest tests here start processes that compile a whole run's kernels (tens of
+# seconds each on a fresh install): marked slow, so the default `pytest` stays short; CI
+# (.ci/run) runs them with `pytest -m slow`.
 
 
 def _fastbp(tmp_path, *args):
@@ -23,6 +28,7 @@ def test_xor_command_trains_the_network(tmp_path):
     assert preds == [1, 0, 0, 1]  # rows [0,1], [0,0], [1,1], [1,0]
 
 
+@pytest.mark.slow
 def test_train_command_saves_a_loadable_model(tmp_path):
     out = _fastbp(tmp_path, "train", "spirals", "--epochs", "30", "--quiet", "--lr", "0.01",
                   "--save", "m.npz")
@@ -34,6 +40,7 @@ def test_train_command_saves_a_loadable_model(tmp_path):
     assert type(opt).__name__ == "Adam" and opt.t == 30 * 8  # 240 rows / batch 32
 
 
+@pytest.mark.slow
 def test_bench_prints_a_row_per_competitor(tmp_path):
     out = _fastbp(tmp_path, "bench", "xor", "softmax", "--rounds", "1")
     rows = [line for line in out.splitlines() if line.startswith("| ") and "reference" in line]
@@ -43,6 +50,7 @@ def test_bench_prints_a_row_per_competitor(tmp_path):
         assert ratio > 0
 
 
+@pytest.mark.slow
 def test_warmup_compiles_the_kernels(tmp_path):
     code = ("import fastbp\nfrom fastbp.kernels import nn\n"
             "assert nn.plan_train.signatures == []\n"
