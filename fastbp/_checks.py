@@ -1,5 +1,6 @@
 """Input checks shared by the public classes: clear, typed errors before any kernel runs."""
 import contextlib
+import math
 import numbers
 
 import numpy as np
@@ -14,6 +15,10 @@ def float_dtype(dtype, who):
     return dtype
 
 
+def _kernel_ready(flags):   # one flags object: each ``x.flags`` makes a new one
+    return flags.c_contiguous and flags.writeable and flags.aligned
+
+
 def as_batch(x, dtype, who, name="x", check_finite=True):
     """``x`` as a C-contiguous, writable (N, F) array of ``dtype`` with N >= 1.
 
@@ -23,8 +28,8 @@ def as_batch(x, dtype, who, name="x", check_finite=True):
     non-contiguous, Fortran-ordered or byte-swapped input is copied.
     """
     if type(x) is np.ndarray and x.dtype == dtype and x.ndim == 2 and x.size and \
-            x.flags.c_contiguous and x.flags.writeable and x.flags.aligned and \
-            (not check_finite or np.isfinite(np.add.reduce(x, axis=None))):
+            _kernel_ready(x.flags) and \
+            (not check_finite or math.isfinite(np.add.reduce(x, axis=None))):
         # Already what the kernels take (train called again on the same arrays): returned
         # as it is. A sum is finite only when every element is; one that is not (or one
         # that overflows) takes the full check below, which names the element.
