@@ -162,6 +162,16 @@ def test_serial_and_parallel_variants_agree_bitwise(rng):
     nn._backward_cols(dz_ser, db_ser, z, p, K.TANH, 0, 200)
     np.testing.assert_array_equal(dz_par, dz_ser)
     np.testing.assert_array_equal(db_par, db_ser)
+    # The parallel update (kept for python -m fastbp.breakeven; training runs the serial).
+    hp = np.array([0.01, 0.8, 0.9, 1e-8, 0.2, 0.1])
+    p_par, s1_par, s2_par = z.ravel().copy(), np.zeros(z.size), np.full(z.size, 0.5)
+    p_ser, s1_ser, s2_ser = p_par.copy(), s1_par.copy(), s2_par.copy()
+    g = p.ravel()
+    nn.optim_update_par(K.ADAM, p_par, g, s1_par, s2_par, hp)
+    nn.optim_update(K.ADAM, p_ser, g, s1_ser, s2_ser, hp)
+    assert not np.array_equal(p_par, z.ravel())
+    for a, b in ((p_par, p_ser), (s1_par, s1_ser), (s2_par, s2_ser)):
+        np.testing.assert_array_equal(a, b)
 
 
 @njit
