@@ -29,7 +29,8 @@ class Loss:
                              f"got {reduction!r}")
         if eps is not None and not 0 < eps < 0.5:
             raise ValueError(f"{type(self).__name__}: eps must be in (0, 0.5), got {eps!r}")
-        self.reduction, self.eps = reduction, eps
+        # A Python float: the kernels then compile one signature for any eps given.
+        self.reduction, self.eps = reduction, None if eps is None else float(eps)
 
     @property
     def summed(self):

@@ -117,7 +117,7 @@ class Plan:
         """The arguments shared by every call of plan_train / tiny_train."""
         model = self.model
         acts = self.acts if acts is None else acts
-        eps = clip_eps(model.dtype) if self.eps is None else self.eps
+        eps = float(clip_eps(model.dtype) if self.eps is None else self.eps)
         if optim is None:    # gradient or predict: no step is taken, no state is read
             code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], _NO_HYPER, 0.0
         else:

@@ -226,9 +226,11 @@ class _BaseMLP(BaseEstimator):
         self._optimizer.load_state_dict(self._optimizer.state_dict())
         # probabilities clipped at machine epsilon inside the logarithms, as scikit-learn
         loss = OUTPUT[self.out_activation_][1](reduction="mean", eps=np.finfo(dtype).eps)
-        x = np.ascontiguousarray(X_train, dtype)
-        run_epoch = epoch_runner(model, x, np.ascontiguousarray(y_train, dtype), batch_size,
-                                 self._optimizer, loss)
+        # C-contiguous and writable: a read-only input (a memmap) is copied once here, so
+        # the kernels never compile a second, read-only signature of the plan for it.
+        x, y_train = (np.require(a, dtype, ["C_CONTIGUOUS", "WRITEABLE"])
+                      for a in (X_train, y_train))
+        run_epoch = epoch_runner(model, x, y_train, batch_size, self._optimizer, loss)
         sample_idx = np.arange(n_samples)
         try:
             self.n_iter_ = 0
