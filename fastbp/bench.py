@@ -103,7 +103,7 @@ workload("layerwise", "medium step, float32: `train()` vs `loss(net(x), y); opti
                   Row("fastbp layer by layer", "fastbp", "layerwise")],
          base="fastbp train()")
 workload("train-overhead", "XOR, train(epochs=1) vs the compiled plan's call alone",
-         dict(XOR, epochs=1, inner=100),
+         dict(XOR, epochs=1, inner=2000),
          [Row("fastbp train()", "fastbp", "train"),
           Row("fastbp compiled plan call", "fastbp", "plan")], base="fastbp train()")
 # scikit-learn's MLPClassifier against fastbp.sklearn's, whole fits (issue 14); not in the
