@@ -51,7 +51,10 @@ PARALLEL = dict(SERIAL, parallel=True)
 PARALLEL_MIN_ELEMENTS = 32768
 # Column sums (bias gradients, fused with the activation derivative) parallel over blocks
 # of columns never beat the serial sweep in the same measurement (serial/parallel 0.46 to
-# 0.89 from 2048 to 1M elements): they stay serial.
+# 0.89 from 2048 to 1M elements): they stay serial. So does the optimizer update: run right
+# after a GEMM, as in every training step, serial/parallel Adam time was 0.25 at 32768
+# parameters, 0.29 at 269,322 and 0.31 at 5,820,426 (`python -m fastbp.breakeven`,
+# update table, 2026-11-28): the BLAS threads still spinning take the second core.
 
 # Matrix products with at most this many multiply-adds run as a plain loop; above it, a
 # BLAS call's fixed cost pays off. Same measurement, square products: loop/BLAS time 0.91
