@@ -57,7 +57,19 @@ def _bits_as_float64(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _float64_bits(typingctx, value):
+    """The 64 bits of a float64 as an int64 (an LLVM bitcast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    return types.int64(types.float64), codegen
+
+
 _LOG2E = 1.4426950408889634
+# 1.5 * 2**52: v + _SHIFTER rounds v to an integer held in the low bits of the result, so
+# k comes out as a float and, by subtracting the bit patterns, as an int64 without a
+# float-to-int conversion (AVX2 has no packed one: LLVM would do it lane by lane).
+_SHIFTER = 6755399441055744.0
 _LN2_HI = 6.93147180369123816490e-01   # ln 2 split in two: k * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
 _INV_FACT = tuple(1.0 / math.factorial(n) for n in range(14))
@@ -89,9 +101,10 @@ def _exp(x):
     """e**x: x = k ln2 + r with |r| <= ln(2)/2, e**r by polynomial, times 2**k (built
     from its bits, in two factors so subnormal results come out right)."""
     xc = min(max(x, -746.0), 709.8)
-    k = math.floor(xc * _LOG2E + 0.5)
+    kd = xc * _LOG2E + _SHIFTER          # k = round(x / ln 2), in kd's low bits
+    k = kd - _SHIFTER
+    ki = _float64_bits(kd) - _float64_bits(_SHIFTER)
     r = (xc - k * _LN2_HI) - k * _LN2_LO
-    ki = np.int64(k)
     k1 = ki >> 1
     y = (1.0 + _expm1_poly(r)) * _bits_as_float64((k1 + 1023) << 52) \
         * _bits_as_float64((ki - k1 + 1023) << 52)
