@@ -2,10 +2,9 @@
 import numpy as np
 import pytest
 
-from fastbp import layers, loss, optim
+from fastbp import layers, loss
 from fastbp.reference import layers as R
 from fastbp.reference import loss as RL
-from fastbp.reference import optim as RO
 from conftest import assert_close
 
 ACTIVATIONS = [(layers.Relu, R.Relu), (layers.Sigmoid, R.Sigmoid), (layers.Tanh, R.Tanh),
@@ -105,18 +104,20 @@ def test_loss_backward_matches_finite_differences(cls, rng):
     np.testing.assert_allclose(grad, _numeric_grad(objective, pred), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("act,cls", [(layers.Softmax, loss.CategoricalCrossentropy),
                                      (layers.Sigmoid, loss.BinaryCrossentropy)])
-def test_fused_output_pair_gradient_matches_finite_differences(act, cls, rng):
-    """Model.backward's fused pair gradient (p - y) is d loss(act(z)) / dz."""
+def test_fused_output_pair_gradient_matches_finite_differences(act, cls, reduction, rng):
+    """Model.backward's fused pair gradient (p - y, divided by the rows for the mean) is
+    d loss(act(z)) / dz."""
     z = rng.standard_normal((5, 4))
     y = np.eye(4)[rng.integers(0, 4, 5)] if act is layers.Softmax \
         else (rng.random((5, 4)) < 0.5).astype(float)
     model = layers.Model([act()])
-    f = cls()
+    f = cls(reduction=reduction)
     f(model(z), y)
     grad = model.backward(f)
-    objective = lambda: cls()(act()(z), y)  # noqa: E731
+    objective = lambda: cls(reduction=reduction)(act()(z), y)  # noqa: E731
     np.testing.assert_allclose(grad, _numeric_grad(objective, z), rtol=1e-6, atol=1e-8)
 
 

@@ -21,17 +21,39 @@ STACKS = {
 }
 
 
-def _layerwise(optimizer):
-    """The same optimizer as a subclass, which the plan does not take: layer by layer."""
-    return type("Layerwise" + type(optimizer).__name__, (type(optimizer),), {})(
-        **{k: getattr(optimizer, k) for k in ("lr",)})
-
-
-def _copy_hyper(src, dst):
-    for k, v in vars(src).items():
+def layerwise(optimizer):
+    """The same optimizer, hyper-parameters included, as a subclass, which the plan does
+    not take: it trains layer by layer."""
+    sub = type("Layerwise" + type(optimizer).__name__, (type(optimizer),), {})(
+        lr=optimizer.lr)
+    for k, v in vars(optimizer).items():
         if isinstance(v, float):
-            setattr(dst, k, v)
-    return dst
+            setattr(sub, k, v)
+    return sub
+
+
+def train_three_ways(make, loss_name, opt_name, opt_kw, x, y, dtype, fits, loss_kw=None):
+    """Train the stack ``make(module)`` on the compiled plan, layer by layer and with the
+    reference, from the same weights; ``fits``: (epochs, batch_size, seed) per train call.
+    Returns {path: (history, prediction, model, whether a plan was made)}."""
+    runs = {}
+    for path in ("plan", "layerwise", "reference"):
+        np.random.seed(11)
+        mod = R if path == "reference" else layers
+        net = mod.Model(make(mod), dtype=dtype)
+        opt = getattr(ROpt if path == "reference" else optim, opt_name)(**opt_kw)
+        if path == "layerwise":
+            opt = layerwise(opt)
+        lossf = getattr(RLoss if path == "reference" else loss, loss_name)(**(loss_kw or {}))
+        kw = {} if path == "reference" else {"verbose": False}
+        hist = []
+        for epochs, batch_size, seed in fits:
+            hist += net.train(x, y, opt, lossf, epochs=epochs, batch_size=batch_size,
+                              seed=seed, **kw)
+        planned = getattr(net, "_plan", None) is not None
+        pred = net.predict(x) if path != "reference" else net(x)
+        runs[path] = (np.array(hist), pred, net, planned)
+    return runs
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -42,21 +64,8 @@ def test_plan_equals_layerwise_and_reference(stack, opt_name, batch_size, dtype)
     make, loss_name, n_out = STACKS[stack]
     x, y = data.spirals(n_per_class=40, seed=4)
     y = y[:, :n_out]
-    runs = {}
-    for path in ("plan", "layerwise", "reference"):
-        np.random.seed(11)
-        mod = R if path == "reference" else layers
-        net = mod.Model(make(mod), dtype=dtype)
-        opt = getattr(ROpt if path == "reference" else optim, opt_name)(**OPTIMS[opt_name])
-        if path == "layerwise":
-            opt = _copy_hyper(opt, _layerwise(opt))
-        lossf = getattr(RLoss if path == "reference" else loss, loss_name)()
-        kw = {} if path == "reference" else {"verbose": False}
-        hist = net.train(x, y, opt, lossf, epochs=4, batch_size=batch_size, seed=3, **kw)
-        hist += net.train(x, y, opt, lossf, epochs=2, batch_size=batch_size, seed=5, **kw)
-        planned = getattr(net, "_plan", None) is not None
-        pred = net.predict(x) if path != "reference" else net(x)
-        runs[path] = (np.array(hist), pred, net, planned)
+    runs = train_three_ways(make, loss_name, opt_name, OPTIMS[opt_name], x, y, dtype,
+                            [(4, batch_size, 3), (2, batch_size, 5)])
     assert runs["plan"][3] and not runs["layerwise"][3]
     rtol = 1e-12 if dtype == np.float64 else 2e-6
     np.testing.assert_allclose(runs["plan"][0], runs["layerwise"][0], rtol=rtol)
@@ -80,7 +89,7 @@ def test_plan_stops_at_the_diverging_epoch():
     """Both paths stop at the first epoch whose loss is not finite, and say which."""
     x, y = data.spirals(n_per_class=20, seed=1)
     messages = []
-    for opt in (optim.SGD(lr=1e8), _layerwise(optim.SGD(lr=1e8))):
+    for opt in (optim.SGD(lr=1e8), layerwise(optim.SGD(lr=1e8))):
         np.random.seed(0)
         net = layers.Model([layers.Linear(16), layers.Relu(), layers.Linear(3)])
         with pytest.raises(FloatingPointError, match=r"at epoch (\d+) .*lr=100000000.0") as e:
@@ -123,7 +132,7 @@ def test_tiny_plan_equals_general_plan_and_layerwise_bitwise(stack, opt_name, dt
         net = layers.Model(make(layers), dtype=dtype)
         opt = getattr(optim, opt_name)(**OPTIMS[opt_name])
         if path == "layerwise":
-            opt = _copy_hyper(opt, _layerwise(opt))
+            opt = layerwise(opt)
         lossf = getattr(loss, loss_name)()
         hist = net.train(x, y, opt, lossf, epochs=3, batch_size=3, seed=1, verbose=False)
         hist += net.train(x, y, opt, lossf, epochs=2, verbose=False)   # full batch of 8

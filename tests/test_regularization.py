@@ -7,9 +7,9 @@ import pytest
 from fastbp import data, kernels as K, layers, loss, optim
 from fastbp.reference import layers as R
 from fastbp.reference import loss as RL
-from fastbp.reference import optim as RO
 from conftest import assert_close
 from test_layers import _numeric_grad
+from test_plan import train_three_ways
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -79,20 +79,6 @@ def test_reduced_loss_backward_matches_finite_differences(cls, reduction, rng):
     np.testing.assert_allclose(grad, _numeric_grad(objective, pred), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("act,cls", [(layers.Softmax, loss.CategoricalCrossentropy),
-                                     (layers.Sigmoid, loss.BinaryCrossentropy)])
-def test_fused_pair_with_mean_reduction_matches_finite_differences(act, cls, rng):
-    z = rng.standard_normal((5, 4))
-    y = np.eye(4)[rng.integers(0, 4, 5)] if act is layers.Softmax \
-        else (rng.random((5, 4)) < 0.5).astype(float)
-    model = layers.Model([act()])
-    f = cls(reduction="mean")
-    f(model(z), y)
-    grad = model.backward(f)
-    objective = lambda: cls(reduction="mean")(act()(z), y)  # noqa: E731
-    np.testing.assert_allclose(grad, _numeric_grad(objective, z), rtol=1e-6, atol=1e-8)
-
-
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_weight_decay_gradient_matches_finite_differences(reduction, rng):
     """After optim(model, loss) the weight gradients are those of loss + penalty (/ rows
@@ -151,15 +137,6 @@ STACKS = {
 }
 
 
-def _layerwise(opt):
-    """The same optimizer as a subclass, which the plan does not take: layer by layer."""
-    sub = type("Layerwise" + type(opt).__name__, (type(opt),), {})(lr=opt.lr)
-    for k, v in vars(opt).items():
-        if isinstance(v, float):
-            setattr(sub, k, v)
-    return sub
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("opt_name", list(OPTIMS))
@@ -170,22 +147,9 @@ def test_plan_layerwise_and_reference_agree(stack, opt_name, reduction, dtype):
     y = y[:, :n_out]
     if loss_name == "SquaredError":
         y = y + 0.3 * x[:, :1]
-    runs = {}
-    for path in ("plan", "layerwise", "reference"):
-        np.random.seed(11)
-        mod = R if path == "reference" else layers
-        net = mod.Model(make(mod), dtype=dtype)
-        opt = getattr(RO if path == "reference" else optim, opt_name)(**OPTIMS[opt_name])
-        if path == "layerwise":
-            opt = _layerwise(opt)
-        lossf = getattr(RL if path == "reference" else loss, loss_name)(reduction=reduction)
-        kw = {} if path == "reference" else {"verbose": False}
-        hist = net.train(x, y, opt, lossf, epochs=3, batch_size=40, seed=3, **kw)
-        hist += net.train(x, y, opt, lossf, epochs=2, batch_size=40, seed=5, **kw)
-        planned = getattr(net, "_plan", None) is not None
-        pred = net.predict(x) if path != "reference" else net(x)
-        runs[path] = (np.array(hist), pred, planned)
-    assert runs["plan"][2] and not runs["layerwise"][2]
+    runs = train_three_ways(make, loss_name, opt_name, OPTIMS[opt_name], x, y, dtype,
+                            [(3, 40, 3), (2, 40, 5)], loss_kw={"reduction": reduction})
+    assert runs["plan"][3] and not runs["layerwise"][3]
     tol = 1e-10 if dtype == np.float64 else 2e-3
     for other in ("layerwise", "reference"):
         np.testing.assert_allclose(runs["plan"][0], runs[other][0], rtol=tol)
