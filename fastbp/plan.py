@@ -213,18 +213,14 @@ def _order_array(orders):
 def plan_for(model, batch):
     """A cached Plan for ``model`` and batches of ``batch`` rows, or None if not possible.
     ``model.build`` (or ``_sync``) must run first: it drops the cached plan whenever the
-    layers or the flat buffers changed, so a cached plan of the same batch is current."""
+    layers or the flat buffers changed, so a cached plan for the same batch is current."""
     cached = getattr(model, "_plan", None)
-    if cached is not None and cached.batch == batch and cached.model is model and \
-            cached.params is model.params and cached.acts.dtype == model.dtype:
+    if cached is not None and cached.batch == batch and cached.params is model.params \
+            and cached.acts.dtype == model.dtype:
         return cached
     spec = blocks(model)
     if spec is None:
         return None
-    if cached is not None and cached.batch == batch and np.array_equal(cached.spec, spec) \
-            and cached.acts.dtype == model.dtype:
-        cached.params = model.params
-        return cached
     model._plan = Plan(model, spec, batch)
     return model._plan
 

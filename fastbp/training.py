@@ -56,12 +56,14 @@ def accuracy(pred, y):
     return float(np.mean(pred.argmax(1) == y.argmax(1)))
 
 
-def per_sample(loss, value, n_rows, n_batches=1):
-    """``value``, a mean of ``n_batches`` batch losses over ``n_rows`` rows, as a mean over
-    samples of the per-sample loss. Summed losses (cross-entropies, ``loss.summed``) are
-    divided by the rows; MSE is already a mean per sample (a mean of batch means, exact
-    when the batches have equal size)."""
-    return value * n_batches / n_rows if getattr(loss, "summed", False) else value
+def per_sample(loss, values, n_rows, n_batches=1):
+    """``values``, each a mean of ``n_batches`` batch losses over ``n_rows`` rows, as means
+    over samples of the per-sample loss (a list). Summed losses (cross-entropies,
+    ``loss.summed``) are divided by the rows; MSE is already a mean per sample (a mean of
+    batch means, exact when the batches have equal size). One call per chunk of epochs."""
+    if getattr(loss, "summed", False):
+        return [value * n_batches / n_rows for value in values]
+    return list(values)
 
 
 class interrupts_deferred:
@@ -186,10 +188,7 @@ def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per
     values = run_epochs(orders)
     elapsed = time.perf_counter() - started
     finite = list(itertools.takewhile(math.isfinite, values))
-    if getattr(loss, "summed", False):   # per_sample, once per chunk rather than per epoch
-        history.extend([v * n_batches / rows_per_epoch for v in finite])
-    else:
-        history.extend(finite)
+    history.extend(per_sample(loss, finite, rows_per_epoch, n_batches))
     if len(finite) < len(values):
         raise FloatingPointError(
             f"train: the loss became {values[len(finite)]} at epoch {len(history) + 1} "
@@ -201,7 +200,7 @@ def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per
     if validation_data is not None:
         x_val, y_val = validation_data
         pred = predict(model, x_val, None)
-        postfix["val_loss"] = per_sample(loss, float(loss(pred, y_val)), len(x_val))
+        postfix["val_loss"] = per_sample(loss, [float(loss(pred, y_val))], len(x_val))[0]
         history.history["val_loss"].append(postfix["val_loss"])
         history.history["val_accuracy"].append(accuracy(pred, y_val))
     if verbose:
