@@ -16,7 +16,7 @@ from .nn import (ADAM, ADAM_LR, BCE, CCE, HALF_SE, IDENTITY, MOMENTUM, MSE, NEST
                  tiny_train)
 
 PARALLEL_KERNELS = ("bias_activation_forward_par", "activation_backward_par",
-                    "loss_forward_backward_par", "optim_update_par")
+                    "loss_forward_backward_par")
 
 
 def _start_threads():
