@@ -12,15 +12,17 @@ from numba.core import event
 
 
 class _FirstPass(event.Listener):
-    """Calls ``notify()`` once, when Numba starts compiling (not loading) anything."""
+    """Calls ``announce()`` once, when Numba starts compiling (not loading) anything."""
 
-    def __init__(self, notify):
-        self.notify, self.started = notify, None
+    def __init__(self, announce):
+        # Not ``self.notify``: that is event.Listener's own dispatch method, and
+        # shadowing it made every real compilation under the notice raise TypeError.
+        self.announce, self.started = announce, None
 
     def on_start(self, ev):
         if self.started is None:
             self.started = time.perf_counter()
-            self.notify()
+            self.announce()
 
     def on_end(self, ev):
         pass

@@ -1,4 +1,5 @@
 """The `fastbp` command: xor, train, bench; and fastbp.warmup()."""
+import os
 import re
 import subprocess
 import sys
@@ -13,11 +14,12 @@ import fastbp
 # (.ci/run) runs them with `pytest -m slow`.
 
 
-def _fastbp(tmp_path, *args):
+def _fastbp(tmp_path, *args, env=None, stderr=False):
     out = subprocess.run([sys.executable, "-m", "fastbp.cli", *args], capture_output=True,
-                         text=True, cwd=tmp_path, timeout=600)
+                         text=True, cwd=tmp_path, timeout=600,
+                         env=None if env is None else dict(os.environ, **env))
     assert out.returncode == 0, out.stderr
-    return out.stdout
+    return (out.stdout, out.stderr) if stderr else out.stdout
 
 
 def test_xor_command_trains_the_network(tmp_path):
@@ -26,6 +28,21 @@ def test_xor_command_trains_the_network(tmp_path):
     assert loss < 0.005
     preds = [int(m) for m in re.findall(r"-> [0-9.]+ \((\d)\)", out)]
     assert preds == [1, 0, 0, 1]  # rows [0,1], [0,0], [1,1], [1,0]
+
+
+@pytest.mark.slow
+def test_first_run_as_a_new_user_runs_it_says_it_compiles(tmp_path):
+    """`fastbp xor` as the README runs it (progress shown), with an empty Numba cache: a
+    fresh install's first run. It crashed here once (the notice's listener broke Numba's
+    event dispatch) while every --quiet run passed."""
+    out, err = _fastbp(tmp_path, "xor", "--epochs", "50",
+                       env={"NUMBA_CACHE_DIR": str(tmp_path / "cache")}, stderr=True)
+    assert "final loss" in out
+    assert "compiling the kernels for this machine (first run only" in err
+    assert re.search(r"fastbp: compiled in [0-9.]+ s", err)
+    _, err = _fastbp(tmp_path, "xor", "--epochs", "50",
+                     env={"NUMBA_CACHE_DIR": str(tmp_path / "cache")}, stderr=True)
+    assert "compil" not in err          # the second run loads the cache: no notice
 
 
 @pytest.mark.slow
