@@ -1,5 +1,6 @@
 """The ``fastbp`` command: ``fastbp xor``, ``fastbp train digits``, ``fastbp bench``."""
 import argparse
+import gc
 import math
 import os
 import sys
@@ -215,5 +216,19 @@ def main(argv=None):
         parser.exit(1, f"fastbp: {e}\n")
 
 
+def command():
+    """The ``fastbp`` console script: main() in a process that is the command's own.
+
+    Everything alive at this point (the modules of Python, NumPy, Numba and fastbp) lives
+    as long as the process. Freezing it keeps the cyclic garbage collector from scanning
+    those objects again and again while Numba loads its registries and the cached kernels
+    (hundreds of thousands of allocations): a warm ``fastbp xor`` went from 1.91 s to
+    1.51 s here (median of 10 interleaved processes). Only the command does this; a
+    library import never touches the user's collector.
+    """
+    gc.freeze()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())
