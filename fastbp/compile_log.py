@@ -9,6 +9,7 @@ import sys
 import time
 
 from numba.core import event
+from numba.core.registry import CPUDispatcher as Dispatcher
 
 
 class _FirstPass(event.Listener):
@@ -49,24 +50,35 @@ def _notice(write):
 
 
 class CompileRecord(event.Listener):
-    """Every "numba:compile" event: which kernel, which signature, compiled or loaded from
-    the cache, seconds with and without the dispatchers it compiled on the way."""
+    """Every compilation ("numba:compile" events) and every load from Numba's on-disk
+    cache (which fires no event: ``recording`` times the dispatchers' cache reads) of the
+    body: which kernel, which signature, compiled or loaded, seconds with and without the
+    dispatchers it compiled or loaded on the way."""
 
     def __init__(self):
         self.rows, self._stack = [], []
 
     def on_start(self, ev):
-        self._stack.append([ev.data["dispatcher"], ev.data["args"], time.perf_counter(), 0.0])
+        self.begin(ev.data["dispatcher"], ev.data["args"])
 
     def on_end(self, ev):
+        self.end(loaded=False)
+
+    def begin(self, dispatcher, args):
+        self._stack.append([dispatcher, args, time.perf_counter(), 0.0])
+
+    def end(self, loaded):
+        """Close the innermost open entry; ``loaded=None``: a cache miss, not recorded
+        (the compilation that follows is)."""
         dispatcher, args, start, nested = self._stack.pop()
+        if loaded is None:
+            return
         seconds = time.perf_counter() - start
         if self._stack:
             self._stack[-1][3] += seconds
-        hits = getattr(getattr(dispatcher, "stats", None), "cache_hits", {})
         self.rows.append({"kernel": getattr(dispatcher.py_func, "__qualname__", "?"),
                           "module": getattr(dispatcher.py_func, "__module__", "?"),
-                          "signature": _short(args), "loaded": tuple(args) in hits,
+                          "signature": _short(args), "loaded": loaded,
                           "seconds": seconds, "own_seconds": seconds - nested})
 
     def table(self, only_prefix="fastbp"):
@@ -83,7 +95,8 @@ class CompileRecord(event.Listener):
         compiled = sum(r["own_seconds"] for r in self.rows if not r["loaded"])
         loaded = sum(r["own_seconds"] for r in self.rows if r["loaded"])
         lines.append(f"\ntotal: {compiled:.2f} s compiling, {loaded:.2f} s loading from the "
-                     f"cache, {len(rows)} fastbp kernel signatures")
+                     f"cache, {len(rows)} fastbp kernel signatures (a process's first load "
+                     f"or compilation includes Numba's one-time set-up of its registries)")
         return "\n".join(lines)
 
 
@@ -100,9 +113,38 @@ def _short(args):
     return "(" + ", ".join(out) + ")"
 
 
+def _timed_load(record, dispatcher, load):
+    def timed(sig, target_context):
+        record.begin(dispatcher, sig)
+        result = None
+        try:
+            result = load(sig, target_context)
+        finally:
+            record.end(loaded=None if result is None else True)
+        return result
+    return timed
+
+
+def _kernel_dispatchers():
+    from . import kernels
+    return [obj for obj in vars(kernels.nn).values() if isinstance(obj, Dispatcher)]
+
+
 @contextlib.contextmanager
-def recording():
-    """Record every compilation and cache load in the body: ``with recording() as r``."""
+def recording(dispatchers=None):
+    """Record every compilation in the body, and every cache load of ``dispatchers``
+    (default: fastbp's kernels): ``with recording() as r``. Loads are timed by wrapping
+    each dispatcher's cache reader for the duration of the body."""
     record = CompileRecord()
-    with event.install_listener("numba:compile", record):
-        yield record
+    patched = []
+    for dispatcher in _kernel_dispatchers() if dispatchers is None else dispatchers:
+        cache = getattr(dispatcher, "_cache", None)
+        if hasattr(cache, "load_overload"):
+            cache.load_overload = _timed_load(record, dispatcher, cache.load_overload)
+            patched.append(cache)
+    try:
+        with event.install_listener("numba:compile", record):
+            yield record
+    finally:
+        for cache in patched:
+            del cache.load_overload   # the class's method again

@@ -76,6 +76,12 @@ def test_warmup_compiles_the_kernels(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, check=True, timeout=600).stdout.split()
     assert int(out[0]) >= 2 and int(out[1]) >= 2  # float32 and float64
+    # The next process loads them all: the report lists each load and compiles nothing.
+    report = _fastbp(tmp_path, "warmup", "--report")
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")][2:]
+    assert {row[0] for row in rows} >= {"| plan_train", "| tiny_train", "| linear_forward"}
+    assert all(row[2] == "loaded from cache" for row in rows)
+    assert re.search(r"total: 0\.00 s compiling, [0-9.]+ s loading from the cache", report)
 
 
 def test_train_command_writes_the_loss_and_accuracy_plot(tmp_path):

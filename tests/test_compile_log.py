@@ -45,3 +45,23 @@ def test_record_lists_each_compiled_signature():
     assert all(r["seconds"] >= r["own_seconds"] >= 0 for r in rows)
     table = record.table(only_prefix=__name__)
     assert table.count("| compiled |") == 2 and "2 fastbp kernel signatures" in table
+
+
+def test_record_times_loads_from_the_on_disk_cache(tmp_path, monkeypatch):
+    """A cached function compiled by one dispatcher, then loaded by a second one made
+    from the same file (as the next process would): the load is a row of its own."""
+    (tmp_path / "cached_mod.py").write_text(
+        "import numba\n\n@numba.njit(cache=True)\ndef halve(x):\n    return x / 2.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import cached_mod
+    with compile_log.recording([cached_mod.halve]) as first:
+        assert cached_mod.halve(3.0) == 1.5
+    fresh = importlib.reload(cached_mod).halve          # a new dispatcher, same source
+    with compile_log.recording([fresh]) as second:
+        assert fresh(5.0) == 2.5
+    assert [(r["kernel"], r["loaded"]) for r in first.rows] == [("halve", False)]
+    assert [(r["kernel"], r["signature"], r["loaded"]) for r in second.rows] == \
+        [("halve", "(f64)", True)]
+    assert "| halve | (f64) | loaded from cache |" in second.table(only_prefix="cached")
+    assert "load_overload" not in vars(fresh._cache)     # the reader is restored
