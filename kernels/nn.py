@@ -611,8 +611,8 @@ def regularize_gradients(spec, params, grads, decay, rows):
 @njit(**SERIAL)
 def _view(flat, start, rows, cols):
     # A call, not inline="always": Numba's own inlining re-types the body at each of
-    # plan_train's call sites; as a call (which LLVM inlines anyway) a first digits run
-    # compiled 15.2-16.0 s instead of 17.8 s, at the same epoch time (interleaved runs).
+    # plan_train's call sites. As a call, a first digits run compiled 15.2-16.0 s instead
+    # of 17.8 s, with the same epoch time (interleaved runs).
     return flat[start:start + rows * cols].reshape(rows, cols)
 
 
