@@ -96,6 +96,38 @@ def test_init_options_have_the_documented_scale(n_out):
     assert not he.b.any() and not xavier.b.any()
 
 
+def test_digits_are_scikit_learns_digits_split_by_the_fixed_permutation():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    bunch = sklearn_datasets.load_digits()
+    (x, y), (xt, yt) = data.digits(test_fraction=0.25)
+    order = np.random.default_rng(20240611).permutation(1797)
+    test, train = order[:449], order[449:]                  # round(1797 * 0.25) = 449
+    np.testing.assert_array_equal(x, bunch.data[train] / 16.0)
+    np.testing.assert_array_equal(xt, bunch.data[test] / 16.0)
+    np.testing.assert_array_equal(y.argmax(1), bunch.target[train])
+    np.testing.assert_array_equal(yt.argmax(1), bunch.target[test])
+    assert x.dtype == y.dtype == np.float64 and y.sum() == len(y)
+
+
+def test_digits_fall_back_to_load_digits_when_the_data_file_moves(monkeypatch):
+    pytest.importorskip("sklearn")
+    direct = data.digits()
+    monkeypatch.setattr(data.os.path, "isfile", lambda path: False)
+    through_load_digits = data.digits()
+    for a, b in zip(direct, through_load_digits):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_digits_are_read_without_importing_scikit_learn(tmp_path):
+    pytest.importorskip("sklearn")
+    code = ("import sys\nfrom fastbp import data\n(x, y), _ = data.digits()\n"
+            "print(x.shape, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, check=True, timeout=120).stdout
+    assert out.split("\n")[0] == "(1438, 64) False"
+
+
 def test_digits_reaches_95_percent_held_out_accuracy():
     (x, y), (xt, yt) = data.digits()
     assert x.shape == (1438, 64) and xt.shape == (359, 64) and 0 <= x.min() and x.max() <= 1
