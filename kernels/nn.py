@@ -608,6 +608,11 @@ def regularize_gradients(spec, params, grads, decay, rows):
                 grads[q] = grads[q] / rows
 
 
+# The start of a buffer, as an int64 rather than the literal 0, so that _view compiles
+# one signature (an offset into a buffer is an int64 everywhere else).
+_START = np.int64(0)
+
+
 @njit(**SERIAL)
 def _view(flat, start, rows, cols):
     # A call, not inline="always": Numba's own inlining re-types the body at each of
@@ -676,7 +681,7 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
     if mode == PREDICT:
         for lo in range(0, n, batch):
             hi = min(n, lo + batch)
-            xin = _view(xb, 0, hi - lo, n_in)
+            xin = _view(xb, _START, hi - lo, n_in)
             _copy_rows(xin, x, lo)
             pred = _plan_forward(spec, a_off, params, xin, acts)
             for r in range(hi - lo):
@@ -696,12 +701,12 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
             if order.shape[0] == 0:
                 xin, yin = x[lo:lo + rows], y[lo:lo + rows]
             else:
-                xin = _view(xb, 0, rows, n_in)
-                yin = _view(yb, 0, rows, n_out)
+                xin = _view(xb, _START, rows, n_in)
+                yin = _view(yb, _START, rows, n_out)
                 _gather_rows(xin, yin, x, y, order, lo)
             # forward and loss; d = dL/d(output of the last block)
             pred = _plan_forward(spec, a_off, params, xin, acts)
-            d = _view(g1, 0, rows, n_out)
+            d = _view(g1, _START, rows, n_out)
             value = 0.0
             for c in range(_chunks(rows, ROWS_PER_CHUNK)):
                 value += _loss_rows(loss_code, d, pred, yin, eps, c * ROWS_PER_CHUNK,
@@ -717,7 +722,7 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
                 if fused and k == n_blocks - 1:
                     act = IDENTITY
                 out_k = _view(acts, a_off[k], rows, k_out)
-                nxt = _view(g2 if use_g1 else g1, 0, rows, k_in)
+                nxt = _view(g2 if use_g1 else g1, _START, rows, k_in)
                 if has_lin:
                     if act == SOFTMAX:
                         _backward_rows(d, d, out_k, act, 0, rows)
