@@ -133,8 +133,10 @@ class Plan:
         xb = self.xb if xb is None else xb
         if decay is None:
             decay = getattr(optim, "weight_decay", 0.0) if mode == K.nn.TRAIN else 0.0
-        done = K.plan_train(mode, *head, x, y, orders, *tail, xb, self.yb, losses, out,
-                            float(decay), bool(self.mean))
+        args = (mode, *head, x, y, orders, *tail, xb, self.yb, losses, out, float(decay),
+                bool(self.mean))
+        with K.ahead.compiling("plan", K.plan_train, args):
+            done = K.plan_train(*args)
         return done, losses
 
     def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None):
@@ -145,8 +147,10 @@ class Plan:
             views = (acts[last:last + self.batch * n_out].reshape(self.batch, n_out),) + \
                 self.tiny_views[1:]
         (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts)
-        done = K.tiny_train(spec, self.tiny_a_off, params, grads, x, y, orders, *tail,
-                            *views, losses, out)
+        args = (spec, self.tiny_a_off, params, grads, x, y, orders, *tail, *views, losses,
+                out)
+        with K.ahead.compiling("tiny", K.tiny_train, args):
+            done = K.tiny_train(*args)
         return done, losses
 
     def _train_by_steps(self, x, y, orders, loss_code, optim, stop=()):

@@ -7,7 +7,7 @@ The row-wise kernels come in a serial and a parallel variant with the same bits
 (``kernels/nn.py``); the functions below pick one by size, here in Python, so that small
 arrays never compile a ``parallel=True`` kernel nor start Numba's thread pool.
 """
-from . import nn
+from . import ahead, nn
 from .config import PARALLEL_MIN_ELEMENTS, SMALL_GEMM_FLOPS, THREADING_LAYER, serialized
 from .nn import (ADAM, ADAM_LR, BCE, CCE, HALF_SE, IDENTITY, MOMENTUM, MSE, NESTEROV,
                  RELU, RMSPROP, SGD, SIGMOID,

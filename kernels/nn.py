@@ -921,6 +921,69 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
     return losses.shape[0]
 
 
+# ---------------------------------------------------------------- compiling ahead
+# A first run spends most of its time compiling the leaf kernels that plan_train and
+# tiny_train call; Numba compiles them one after the other, in the order its type
+# inference meets them. kernels/ahead.py starts a second process that compiles the
+# second half of them (in reverse order) into the on-disk cache, and the first process
+# then loads them instead of compiling them. These two functions never run their
+# bodies (batch is never negative): compiling them compiles, with the very argument
+# types the plans pass, the leaves each plan calls last. Not cached: only the leaves are
+# worth keeping.
+
+@njit(nogil=True, fastmath=SERIAL["fastmath"], error_model="numpy")
+def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
+              opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
+    """plan_train's last callees, from _update_range backwards (see above)."""
+    if batch >= 0:
+        return 0
+    n, n_in = x.shape
+    n_out = out.shape[1]
+    step_hp = _step_hyper(hp)
+    rows = min(n, batch)
+    t += 1.0
+    _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
+    _bias_terms(step_hp, hp, t, opt_code)
+    regularize_gradients(spec, params, grads, decay, rows if mean else 1)
+    has_lin, act, k_in, k_out, w_off, b_off = spec[0]
+    if x.shape[0] == 0:
+        xin, yin = x[0:rows], y[0:rows]
+    else:
+        xin = _view(xb, _START, rows, n_in)
+        yin = _view(yb, _START, rows, n_out)
+    d = _view(g1, _START, rows, n_out)
+    out_k = _view(acts, a_off[0], rows, k_out)
+    nxt = _view(g2 if mode == 0 else g1, _START, rows, k_in)
+    matmul_nt(nxt, d, _view(params, w_off, k_in, k_out))
+    inp = xin if mode == 0 else _view(acts, a_off[0], rows, k_in)
+    matmul_tn(_view(grads, w_off, k_in, k_out), inp, d)
+    _backward_cols(d, grads[b_off:b_off + k_out], d, out_k, act, 0, k_out)
+    _backward_rows(nxt, d, out_k, act, 0, rows)
+    total = 0.5 * decay * weight_square_sum(spec, params)
+    total += _loss_value(loss_code, total, rows, n_out)
+    total += _loss_rows(loss_code, d, d, yin, eps, 0 * ROWS_PER_CHUNK,
+                        min(rows, ROWS_PER_CHUNK))
+    return int(total)
+
+
+@njit(nogil=True, fastmath=SERIAL["fastmath"], error_model="numpy")
+def tiny_tail(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
+              s1, s2, hp, t, acts, g1, g2, pred, dpred, yb, losses, out):
+    """tiny_train's last callees, from _update_range backwards (see above)."""
+    if batch >= 0:
+        return 0
+    rows = min(x.shape[0], batch)
+    fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
+    step_hp = _step_hyper(hp)
+    t += 1.0
+    _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
+    _bias_terms(step_hp, hp, t, opt_code)
+    _tiny_backward(spec, a_off, params, grads, rows, acts, g1, g2, fused)
+    value = _loss_rows(loss_code, dpred, pred, yb, eps, 0 * ROWS_PER_CHUNK,
+                       min(rows, ROWS_PER_CHUNK))
+    return int(_loss_value(loss_code, value, rows, pred.shape[1]))
+
+
 from .cache import harden  # noqa: E402  (after every kernel above is defined)
 
 harden(globals())

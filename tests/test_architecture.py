@@ -15,6 +15,7 @@ PACKAGES = {"fastbp": ROOT / "fastbp", "fastbp.kernels": ROOT / "kernels"}
 STACK = [
     ["fastbp.kernels.config", "fastbp.kernels.cache"],
     ["fastbp.kernels.nn"],
+    ["fastbp.kernels.ahead"],
     ["fastbp.kernels"],
     ["fastbp.reference.modules", "fastbp.reference.loss"],
     ["fastbp.reference.optim"],
