@@ -92,9 +92,11 @@ def build(tags):
 
 def _spawn(kind, args):
     """The helper process, with this process's module path (so that it imports this very
-    fastbp, wherever it was imported from) and environment (NUMBA_CACHE_DIR)."""
-    code = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-            "from fastbp.kernels.ahead import main; main(sys.argv[2:])")
+    fastbp, wherever it was imported from) and environment (NUMBA_CACHE_DIR). It freezes
+    what its imports made, as the ``fastbp`` command does (see cli.command), to reach the
+    compiler sooner."""
+    code = ("import gc, sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+            "from fastbp.kernels.ahead import main; gc.freeze(); main(sys.argv[2:])")
     return subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(sys.path), kind, json.dumps(describe(args))],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
