@@ -934,7 +934,7 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
 @njit(nogil=True, fastmath=SERIAL["fastmath"], error_model="numpy")
 def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
               opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
-    """plan_train's last callees, from _update_range backwards (see above)."""
+    """plan_train's last callees: _loss_rows, then from _update_range backwards."""
     if batch >= 0:
         return 0
     n, n_in = x.shape
@@ -942,16 +942,20 @@ def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, 
     step_hp = _step_hyper(hp)
     rows = min(n, batch)
     t += 1.0
-    _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
-    _bias_terms(step_hp, hp, t, opt_code)
-    regularize_gradients(spec, params, grads, decay, rows if mean else 1)
-    has_lin, act, k_in, k_out, w_off, b_off = spec[0]
+    d = _view(g1, _START, rows, n_out)
     if x.shape[0] == 0:
         xin, yin = x[0:rows], y[0:rows]
     else:
         xin = _view(xb, _START, rows, n_in)
         yin = _view(yb, _START, rows, n_out)
-    d = _view(g1, _START, rows, n_out)
+    # _loss_rows first: the plan needs it right after the forward pass, long before the
+    # backward kernels below (measured: the plan compiled it itself when it came last).
+    total = _loss_rows(loss_code, d, d, yin, eps, 0 * ROWS_PER_CHUNK,
+                       min(rows, ROWS_PER_CHUNK))
+    _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
+    _bias_terms(step_hp, hp, t, opt_code)
+    regularize_gradients(spec, params, grads, decay, rows if mean else 1)
+    has_lin, act, k_in, k_out, w_off, b_off = spec[0]
     out_k = _view(acts, a_off[0], rows, k_out)
     nxt = _view(g2 if mode == 0 else g1, _START, rows, k_in)
     matmul_nt(nxt, d, _view(params, w_off, k_in, k_out))
@@ -959,10 +963,8 @@ def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, 
     matmul_tn(_view(grads, w_off, k_in, k_out), inp, d)
     _backward_cols(d, grads[b_off:b_off + k_out], d, out_k, act, 0, k_out)
     _backward_rows(nxt, d, out_k, act, 0, rows)
-    total = 0.5 * decay * weight_square_sum(spec, params)
+    total += 0.5 * decay * weight_square_sum(spec, params)
     total += _loss_value(loss_code, total, rows, n_out)
-    total += _loss_rows(loss_code, d, d, yin, eps, 0 * ROWS_PER_CHUNK,
-                        min(rows, ROWS_PER_CHUNK))
     return int(total)
 
 
