@@ -1,8 +1,9 @@
 """What Numba compiles, and when: the first-run notice and ``fastbp warmup --report``.
 
 Numba fires events while it works (``numba.core.event``): "numba:compile" around every
-dispatcher's compilation or cache load, and "numba:run_pass" for every compiler pass,
-which only a real compilation runs. Listening to them costs nothing when nothing compiles.
+dispatcher's compilation, and "numba:run_pass" for every compiler pass. A load from the
+on-disk cache fires neither: ``recording`` times those itself. Listening costs nothing
+when nothing compiles.
 """
 import contextlib
 import sys
@@ -10,6 +11,8 @@ import time
 
 from numba.core import event
 from numba.core.registry import CPUDispatcher as Dispatcher
+
+from . import kernels
 
 
 class _FirstPass(event.Listener):
@@ -126,7 +129,6 @@ def _timed_load(record, dispatcher, load):
 
 
 def _kernel_dispatchers():
-    from . import kernels
     return [obj for obj in vars(kernels.nn).values() if isinstance(obj, Dispatcher)]
 
 

@@ -62,7 +62,8 @@ def _digits_table():
         spec = importlib.util.find_spec("sklearn")    # finds the package, runs nothing
     except (ImportError, ValueError, AttributeError):  # e.g. sys.modules["sklearn"] = None
         spec = None
-    for folder in (spec.submodule_search_locations or []) if spec else []:
+    folders = spec.submodule_search_locations if spec is not None else None
+    for folder in folders or ():
         path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
         if os.path.isfile(path):
             return np.loadtxt(path, delimiter=",")

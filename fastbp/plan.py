@@ -135,9 +135,7 @@ class Plan:
             decay = getattr(optim, "weight_decay", 0.0) if mode == K.nn.TRAIN else 0.0
         args = (mode, *head, x, y, orders, *tail, xb, self.yb, losses, out, float(decay),
                 bool(self.mean))
-        with K.ahead.compiling("plan", K.plan_train, args):
-            done = K.plan_train(*args)
-        return done, losses
+        return K.ahead.call("plan", K.plan_train, args), losses
 
     def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None):
         if acts is None:
@@ -149,9 +147,7 @@ class Plan:
         (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts)
         args = (spec, self.tiny_a_off, params, grads, x, y, orders, *tail, *views, losses,
                 out)
-        with K.ahead.compiling("tiny", K.tiny_train, args):
-            done = K.tiny_train(*args)
-        return done, losses
+        return K.ahead.call("tiny", K.tiny_train, args), losses
 
     def _train_by_steps(self, x, y, orders, loss_code, optim, stop=()):
         """As ``train``, one compiled call per step, with the update from Python (parallel

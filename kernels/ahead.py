@@ -2,7 +2,7 @@
 
 Numba compiles a kernel and every kernel it calls in one thread, one after the other, in
 the order its type inference meets the calls. When a plan kernel (plan_train, tiny_train)
-is about to compile, ``compiling`` starts a helper process (``main`` below), which
+is about to compile, ``call`` starts a helper process (``main`` below), which
 compiles ``nn.plan_tail`` / ``nn.tiny_tail`` for the same argument types: the leaf
 kernels the plan calls last, in reverse order, saved to Numba's on-disk cache. When this
 process's type inference reaches them, Numba loads them from the cache instead of
@@ -30,10 +30,18 @@ _started = set()
 _MPI_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID")
 
 
+def call(kind, dispatcher, args):
+    """``dispatcher(*args)``; when that call is about to compile, with the helper."""
+    if dispatcher.overloads:   # compiled in this process: the steady state, one check
+        return dispatcher(*args)
+    with compiling(kind, dispatcher, args):
+        return dispatcher(*args)
+
+
 def compiling(kind, dispatcher, args):
     """A context for the call ``dispatcher(*args)`` (kind "plan" or "tiny"): starts the
     helper when that call is about to compile, stops it when the call is done."""
-    if dispatcher.overloads or kind in _started:   # the steady state: one check
+    if dispatcher.overloads or kind in _started:
         return _NOTHING
     with _LOCK:
         if kind in _started:
