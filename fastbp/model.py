@@ -7,6 +7,8 @@ over to the training loop (``fastbp.training``), which sits below this module.
 """
 import threading
 import weakref
+from itertools import repeat
+from operator import attrgetter, is_
 
 import numpy as np
 
@@ -20,6 +22,7 @@ __all__ = ["Model"]
 # Building and rebuilding buffers is rare and quick: one lock for all models keeps a first
 # predict from several threads from drawing the weights twice.
 _BUILD_LOCK = threading.RLock()
+_WEIGHT_BASE = attrgetter("_w.base")
 
 
 def _layer_list(layers):
@@ -52,7 +55,7 @@ class Model:
         self.dtype = float_dtype(dtype, "Model")
         self.params = self.grads = None
         self._plan = None
-        self._seen = ()
+        self._seen = self._seen_linear = ()
         self.layers = _layer_list(layers)
         self._adopt()
 
@@ -89,15 +92,17 @@ class Model:
             if isinstance(layer, Linear):
                 layer.dtype, layer._owner = self.dtype, weakref.ref(self)
         self._seen = tuple(layers)
+        self._seen_linear = tuple(layer for layer in layers if isinstance(layer, Linear))
 
     def _sync(self):
         """Rebuild the flat buffers when ``self.layers`` changed since they were made, or a
         Linear's weights no longer live in them (``layer.build`` called again)."""
         seen, layers, params = self._seen, self.layers, self.params
+        # map() and operator functions: no generator frames (train calls this each time).
         if isinstance(layers, list) and len(seen) == len(layers) and \
-                all(a is b for a, b in zip(seen, layers)) and \
-                (params is None or all(layer._w.base is params for layer in seen
-                                       if isinstance(layer, Linear))):
+                all(map(is_, seen, layers)) and \
+                (params is None or all(map(is_, map(_WEIGHT_BASE, self._seen_linear),
+                                           repeat(params)))):
             return
         with _BUILD_LOCK:
             self._adopt()

@@ -90,6 +90,7 @@ class Plan:
                                self.g1[:rows].reshape(batch, n_out),
                                self.yb.reshape(batch, n_out))
         self.mean, self.eps = False, None   # the loss's reduction and clip (see train)
+        self.default_eps = float(clip_eps(dtype))   # the clip when the loss sets none
 
     @property
     def by_steps(self):
@@ -117,7 +118,7 @@ class Plan:
         """The arguments shared by every call of plan_train / tiny_train."""
         model = self.model
         acts = self.acts if acts is None else acts
-        eps = float(clip_eps(model.dtype) if self.eps is None else self.eps)
+        eps = self.default_eps if self.eps is None else float(self.eps)
         if optim is None:    # gradient or predict: no step is taken, no state is read
             code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], _NO_HYPER, 0.0
         else:

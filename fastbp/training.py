@@ -2,6 +2,7 @@
 progress bar, validation, History. Works on any object with Model's attributes
 (``layers``, ``dtype``, ``build``, ``_forward``); ``fastbp.model`` sits above it."""
 import _signal
+import _thread
 import contextlib
 import copy
 import itertools
@@ -79,7 +80,7 @@ class interrupts_deferred:
 
     def __enter__(self):
         caught = self.caught = []
-        self.active = threading.current_thread() is threading.main_thread() and \
+        self.active = _thread.get_ident() == threading.main_thread().ident and \
             _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
         if self.active:
             def hold(signum, frame):
@@ -110,6 +111,9 @@ class _NoBar:
 
     def update(self, n):
         pass
+
+
+_NO_BAR = contextlib.nullcontext(_NoBar())   # holds no state: one for every call
 
 
 def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
@@ -164,7 +168,7 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     target = 0.1 if verbose else 1.0
     chunk = 1
     bar_context = tqdm(total=epochs, unit="epoch", desc="train", dynamic_ncols=True) \
-        if verbose else contextlib.nullcontext(_NoBar())
+        if verbose else _NO_BAR
     # A first run compiles the kernels: say so (above the bar) instead of a silent epoch.
     notice = compile_notice(verbose, write=lambda text: tqdm.write(text, file=sys.stderr))
     with bar_context as bar, notice:

@@ -247,6 +247,28 @@ def test_nan_and_inf_in_inputs_are_refused_by_default_with_their_index(value):
     _raises(ValueError, "evaluate: y " + msg, net.evaluate, x, bad_y)
 
 
+@pytest.mark.parametrize("rows", [4, 4096])   # either side of the quick check's vdot limit
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_quick_input_check_finds_nan_and_inf_and_lets_huge_finite_values_through(
+        rows, dtype):
+    """train() checks arrays it can use as they are with one sum (of squares when small):
+    a NaN or Inf anywhere is still named, and finite values whose sum overflows still
+    pass, the same array, with no warning."""
+    from fastbp._checks import as_batch
+    x = np.ones((rows, 3), dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for huge in (np.finfo(dtype).max, -np.finfo(dtype).max):
+            x[rows // 2:, 1] = huge
+            assert as_batch(x, dtype, "train") is x
+        for value in (np.nan, np.inf, -np.inf):
+            bad = x.copy()
+            bad[rows - 1, 2] = value
+            with pytest.raises(ValueError, match=rf"train: x contains NaN or Inf \(first "
+                                                 rf"at index \({rows - 1}, 2\)\)"):
+                as_batch(bad, dtype, "train")
+
+
 def test_values_too_large_for_float32_are_refused_not_turned_into_inf():
     net = _built(dtype=np.float32)
     x, y = _data()
