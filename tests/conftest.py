@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -28,3 +32,27 @@ def assert_close(actual, expected, dtype, scale=None):
 XOR_X = np.array([[0, 1], [0, 0], [1, 1], [0, 1]])
 XOR_Y = np.array([[1], [0], [0], [1]])
 XOR_Y2 = np.array([[0, 1], [1, 0], [1, 0], [0, 1]])
+
+
+def run_scripts(scripts, cwd, envs=None, timeout=600):
+    """Run each Python script in its own fresh interpreter, all at once (for independent
+    scripts that spend most of their time importing), and return their stdouts in order.
+    ``envs``: extra environment variables per script. Fails on any exit status but 0,
+    with that script's stderr."""
+    envs = envs or [{}] * len(scripts)
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=cwd,
+                              env=dict(os.environ, PYTHONFAULTHANDLER="1", **env),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for code, env in zip(scripts, envs)]
+    outs = []
+    try:
+        for code, proc in zip(scripts, procs):
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, \
+                f"{code.strip()[:60]!r}... exited with {proc.returncode}:\n{err[-5000:]}"
+            outs.append(out)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return outs

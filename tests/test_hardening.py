@@ -24,7 +24,7 @@ from fastbp import data, layers, loss, optim
 from fastbp.reference import layers as R
 from fastbp.reference import loss as RL
 from fastbp.reference import optim as RO
-from conftest import assert_close
+from conftest import assert_close, run_scripts
 
 
 def _child(tmp_path, code, env=None, timeout=300):
@@ -455,10 +455,11 @@ FLOAT32_CODE = """
 
 
 def test_float32_is_bitwise_repeatable_for_a_fixed_blas_thread_count(tmp_path):
-    for blas in ("1", "2"):
-        env = {"OPENBLAS_NUM_THREADS": blas, "MKL_NUM_THREADS": blas, "OMP_NUM_THREADS": blas}
-        runs = {_child(tmp_path, FLOAT32_CODE, env) for _ in range(2)}
-        assert len(runs) == 1, (blas, runs)
+    blas = ["1", "1", "2", "2"]   # two processes per BLAS thread count, all at once
+    envs = [{"OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OMP_NUM_THREADS": n}
+            for n in blas]
+    runs = run_scripts([textwrap.dedent(FLOAT32_CODE)] * 4, tmp_path, envs)
+    assert runs[0] == runs[1] and runs[2] == runs[3], runs
 
 
 # ========================================= 7. loss and val_loss per sample, on one scale
