@@ -29,7 +29,7 @@ from fastbp import layers, loss, optim
 from fastbp.reference import layers as R
 from fastbp.reference import loss as RL
 from fastbp.reference import optim as RO
-from conftest import assert_close
+from conftest import assert_close, run_scripts
 
 DTYPES = [np.float64, np.float32]
 
@@ -137,11 +137,23 @@ Y_SHAPE_CODE = """
 """
 
 
-@pytest.mark.parametrize("kind", ["mse", "cce", "bce"])
-def test_y_shape_differing_from_the_prediction_names_loss_and_shapes(kind, tmp_path):
+Y_SHAPE_KINDS = ["mse", "cce", "bce"]
+
+
+@pytest.fixture(scope="module")
+def y_shape_reports(tmp_path_factory):
+    """The children's reports, one per kind; the three run at once."""
+    codes = ["import sys; sys.argv[1:] = [%r]\n" % kind + textwrap.dedent(Y_SHAPE_CODE)
+             for kind in Y_SHAPE_KINDS]
+    outs = run_scripts(codes, tmp_path_factory.mktemp("y_shape"), timeout=180)
+    return {kind: json.loads(out.strip().splitlines()[-1])
+            for kind, out in zip(Y_SHAPE_KINDS, outs)}
+
+
+@pytest.mark.parametrize("kind", Y_SHAPE_KINDS)
+def test_y_shape_differing_from_the_prediction_names_loss_and_shapes(kind, y_shape_reports):
     # train runs in a child: a kernel fed a y of the wrong width could corrupt memory.
-    code = "import sys; sys.argv[1:] = [%r]\n" % kind + textwrap.dedent(Y_SHAPE_CODE)
-    report = json.loads(_child(tmp_path, code).strip().splitlines()[-1])
+    report = y_shape_reports[kind]
     name, n_out = report["name"], report["n_out"]
     msg = (rf"{name}: y has shape \(\d+, {n_out + 2}\) but the prediction has shape "
            rf"\(\d+, {n_out}\)")
