@@ -722,11 +722,11 @@ THREAD_COUNT_CODE = """
 
 
 def test_numba_and_blas_thread_counts_do_not_change_a_bit(tmp_path):
-    lines = []
-    for blas_threads in ("1", "2"):
-        env = {"NUMBA_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": blas_threads,
-               "MKL_NUM_THREADS": blas_threads, "OMP_NUM_THREADS": blas_threads}
-        lines.append(_child(tmp_path, THREAD_COUNT_CODE, env).split())
+    envs = [{"NUMBA_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": blas_threads,
+             "MKL_NUM_THREADS": blas_threads, "OMP_NUM_THREADS": blas_threads}
+            for blas_threads in ("1", "2")]   # the two children run at once
+    lines = [out.split() for out in run_scripts([textwrap.dedent(THREAD_COUNT_CODE)] * 2,
+                                                tmp_path, envs, timeout=180)]
     digests = [d for line in lines for d in line[:3]]
     assert len(set(digests)) == 1, lines
     for line, blas_threads in zip(lines, ("1", "2")):
