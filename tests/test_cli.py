@@ -22,8 +22,35 @@ def _fastbp(tmp_path, *args, env=None, stderr=False):
     return (out.stdout, out.stderr) if stderr else out.stdout
 
 
-def test_xor_command_trains_the_network(tmp_path):
-    out = _fastbp(tmp_path, "xor", "--quiet")
+COMMANDS = {"xor": ["xor", "--quiet"],
+            "plot": ["train", "spirals", "--epochs", "3", "--quiet", "--plot", "c.png"]}
+
+
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory):
+    """(folder, stdout) of each command of COMMANDS; the processes run at once (they
+    compile, or load, different kernels)."""
+    runs = {}
+    for name, args in COMMANDS.items():
+        where = tmp_path_factory.mktemp(name)
+        runs[name] = where, subprocess.Popen([sys.executable, "-m", "fastbp.cli", *args],
+                                             cwd=where, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True)
+    outs = {}
+    try:
+        for name, (where, proc) in runs.items():
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"fastbp {' '.join(COMMANDS[name])}:\n{err}"
+            outs[name] = where, out
+    finally:
+        for _, proc in runs.values():
+            proc.kill()
+            proc.wait()
+    return outs
+
+
+def test_xor_command_trains_the_network(commands):
+    out = commands["xor"][1]
     loss = float(re.search(r"final loss ([0-9.]+)", out).group(1))
     assert loss < 0.005
     preds = [int(m) for m in re.findall(r"-> [0-9.]+ \((\d)\)", out)]
@@ -84,10 +111,10 @@ def test_warmup_compiles_the_kernels(tmp_path):
     assert re.search(r"total: 0\.00 s compiling, [0-9.]+ s loading from the cache", report)
 
 
-def test_train_command_writes_the_loss_and_accuracy_plot(tmp_path):
-    out = _fastbp(tmp_path, "train", "spirals", "--epochs", "3", "--quiet", "--plot", "c.png")
+def test_train_command_writes_the_loss_and_accuracy_plot(commands):
+    where, out = commands["plot"]
     assert "wrote c.png" in out
-    png = (tmp_path / "c.png").read_bytes()
+    png = (where / "c.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000  # two panels drawn
 
 
