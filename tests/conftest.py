@@ -11,7 +11,11 @@ RTOL = {np.float64: 1e-10, np.float32: 1e-4}
 # Batch shapes (N, O): one row, odd sizes, and both sides of the serial/parallel switch.
 SMALL_SHAPES = [(1, 1), (1, 7), (3, 5), (17, 2), (64, 10), (65, 3)]
 LARGE_SHAPES = [(PARALLEL_MIN_ELEMENTS // 97 + 3, 97), (PARALLEL_MIN_ELEMENTS // 130 + 1, 131)]
-SHAPES = SMALL_SHAPES + LARGE_SHAPES
+# The sweeps at the large shapes compile every parallel kernel for both dtypes (about 11 s
+# of a run with an empty Numba cache): marked slow, run by .ci/run (`pytest -m slow`). The
+# default run still checks the parallel kernels against the serial ones bit for bit
+# (test_kernels.test_serial_and_parallel_variants_agree_bitwise).
+SHAPES = SMALL_SHAPES + [pytest.param(shape, marks=pytest.mark.slow) for shape in LARGE_SHAPES]
 
 
 @pytest.fixture
