@@ -38,25 +38,29 @@ XOR_Y = np.array([[1], [0], [0], [1]])
 XOR_Y2 = np.array([[0, 1], [1, 0], [1, 0], [0, 1]])
 
 
-def run_scripts(scripts, cwd, envs=None, timeout=600):
-    """Run each Python script in its own fresh interpreter, all at once (for independent
-    scripts that spend most of their time importing), and return their stdouts in order.
-    ``envs``: extra environment variables per script. Fails on any exit status but 0,
-    with that script's stderr."""
-    envs = envs or [{}] * len(scripts)
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=cwd,
-                              env=dict(os.environ, PYTHONFAULTHANDLER="1", **env),
+def run_at_once(commands, cwd, envs=None, timeout=600):
+    """Run each command (an argv list) in its own process, all at once (for independent
+    processes that spend most of their time importing), and return their stdouts in
+    order. ``envs``: extra environment variables per command. Fails on any exit status
+    but 0, with that command's stderr."""
+    envs = envs or [{}] * len(commands)
+    procs = [subprocess.Popen(argv, cwd=cwd, env=dict(os.environ, PYTHONFAULTHANDLER="1", **env),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for code, env in zip(scripts, envs)]
+             for argv, env in zip(commands, envs)]
     outs = []
     try:
-        for code, proc in zip(scripts, procs):
+        for argv, proc in zip(commands, procs):
             out, err = proc.communicate(timeout=timeout)
             assert proc.returncode == 0, \
-                f"{code.strip()[:60]!r}... exited with {proc.returncode}:\n{err[-5000:]}"
+                f"{' '.join(argv)[:80]!r}... exited with {proc.returncode}:\n{err[-5000:]}"
             outs.append(out)
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
     return outs
+
+
+def run_scripts(scripts, cwd, envs=None, timeout=600):
+    """run_at_once for Python scripts, each in a fresh interpreter."""
+    return run_at_once([[sys.executable, "-c", code] for code in scripts], cwd, envs, timeout)

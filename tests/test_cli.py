@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastbp
+from conftest import run_at_once
 
 # The three heaviest tests here start processes that compile a whole run's kernels (tens of
 # seconds each on a fresh install): marked slow, so the default `pytest` stays short; CI
@@ -30,23 +31,10 @@ COMMANDS = {"xor": ["xor", "--quiet"],
 def commands(tmp_path_factory):
     """(folder, stdout) of each command of COMMANDS; the processes run at once (they
     compile, or load, different kernels)."""
-    runs = {}
-    for name, args in COMMANDS.items():
-        where = tmp_path_factory.mktemp(name)
-        runs[name] = where, subprocess.Popen([sys.executable, "-m", "fastbp.cli", *args],
-                                             cwd=where, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True)
-    outs = {}
-    try:
-        for name, (where, proc) in runs.items():
-            out, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, f"fastbp {' '.join(COMMANDS[name])}:\n{err}"
-            outs[name] = where, out
-    finally:
-        for _, proc in runs.values():
-            proc.kill()
-            proc.wait()
-    return outs
+    where = tmp_path_factory.mktemp("commands")
+    outs = run_at_once([[sys.executable, "-m", "fastbp.cli", *args]
+                        for args in COMMANDS.values()], where)
+    return {name: (where, out) for name, out in zip(COMMANDS, outs)}
 
 
 def test_xor_command_trains_the_network(commands):
