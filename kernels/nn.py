@@ -934,7 +934,8 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
 @njit(nogil=True, fastmath=SERIAL["fastmath"], error_model="numpy")
 def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
               opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
-    """plan_train's last callees: _loss_rows, then from _update_range backwards."""
+    """plan_train's last callees: _loss_rows, then from _update_range backwards; then
+    loss_forward_backward, which validation calls after an epoch."""
     if batch >= 0:
         return 0
     n, n_in = x.shape
@@ -965,6 +966,9 @@ def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, 
     _backward_rows(nxt, d, out_k, act, 0, rows)
     total += 0.5 * decay * weight_square_sum(spec, params)
     total += _loss_value(loss_code, total, rows, n_out)
+    # Not the plan's: the loss kernel that a validation loss (fastbp.loss, from Python)
+    # calls after each epoch, with the same argument types. Needed once the plan has run.
+    total += loss_forward_backward(loss_code, d, d, yin, eps)
     return int(total)
 
 

@@ -33,7 +33,7 @@ net = layers.Model([layers.Linear({hidden}, rng=np.random.default_rng(1)), layer
                    dtype=np.{dtype})
 with compile_log.recording() as record:
     net.train(x, y, optim.{opt}(), loss.CategoricalCrossentropy(), epochs=2,
-              batch_size={batch}, verbose=False)
+              batch_size={batch}, validation_data=(x, y), verbose=False)
 rows = [r for r in record.rows if r["module"].startswith("fastbp")]
 print(json.dumps({{"loaded": sorted({{r["kernel"] for r in rows if r["loaded"]}}),
                    "compiled": sorted({{r["kernel"] for r in rows if not r["loaded"]}})}}))
@@ -47,12 +47,13 @@ print(json.dumps({{"loaded": sorted({{r["kernel"] for r in rows if r["loaded"]}}
     ("plan", 20, 32, 8, "float32", "Adam",
      {"_update_range", "_bias_terms", "regularize_gradients", "matmul_nt", "matmul_tn",
       "_backward_cols", "_backward_rows", "weight_square_sum", "_loss_value",
-      "_loss_rows"}),
+      "_loss_rows", "loss_forward_backward"}),
 ])
 def test_the_helper_compiles_the_leaves_the_plan_then_loads(tmp_path, kind, width, hidden,
                                                             batch, dtype, opt, tail):
-    """Every leaf the tail function names is compiled with the plan's own argument types:
-    the training process loads each of them from the cache instead of compiling it."""
+    """Every leaf the tail function names is compiled with the plan's own argument types
+    (and, for the general plan, the validation loss's): the training process loads each
+    of them from the cache instead of compiling it."""
     code = SYNCHRONOUS.format(width=width, hidden=hidden, batch=batch, dtype=dtype, opt=opt)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
