@@ -16,20 +16,28 @@ from . import kernels
 
 
 class _FirstPass(event.Listener):
-    """Calls ``announce()`` once, when Numba starts compiling (not loading) anything."""
+    """Calls ``announce()`` once, when Numba starts compiling (not loading) anything, and
+    adds up in ``seconds`` the time spent in Numba's compiler passes (nested passes, a
+    callee compiled inside its caller's, count once), not the training around them."""
 
     def __init__(self, announce):
         # Not ``self.notify``: that is event.Listener's own dispatch method, and
         # shadowing it made every real compilation under the notice raise TypeError.
         self.announce, self.started = announce, None
+        self.seconds, self._depth, self._since = 0.0, 0, 0.0
 
     def on_start(self, ev):
         if self.started is None:
             self.started = time.perf_counter()
             self.announce()
+        if self._depth == 0:
+            self._since = time.perf_counter()
+        self._depth += 1
 
     def on_end(self, ev):
-        pass
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._since
 
 
 _SILENT = contextlib.nullcontext()
@@ -37,7 +45,8 @@ _SILENT = contextlib.nullcontext()
 
 def compile_notice(enabled, write=None):
     """While the body runs, say once that the kernels are being compiled (only when
-    Numba really compiles: a warm cache stays silent), and how long the body took."""
+    Numba really compiles: a warm cache stays silent), and after it how long compiling
+    took (the body's training time excluded)."""
     return _notice(write) if enabled else _SILENT
 
 
@@ -49,7 +58,7 @@ def _notice(write):
     with event.install_listener("numba:run_pass", listener):
         yield
     if listener.started is not None:
-        write(f"fastbp: compiled in {time.perf_counter() - listener.started:.1f} s")
+        write(f"fastbp: compiled in {listener.seconds:.1f} s")
 
 
 class CompileRecord(event.Listener):
