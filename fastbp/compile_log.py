@@ -23,12 +23,12 @@ class _FirstPass(event.Listener):
     def __init__(self, announce):
         # Not ``self.notify``: that is event.Listener's own dispatch method, and
         # shadowing it made every real compilation under the notice raise TypeError.
-        self.announce, self.started = announce, None
+        self.announce, self.compiled = announce, False
         self.seconds, self._depth, self._since = 0.0, 0, 0.0
 
     def on_start(self, ev):
-        if self.started is None:
-            self.started = time.perf_counter()
+        if not self.compiled:
+            self.compiled = True
             self.announce()
         if self._depth == 0:
             self._since = time.perf_counter()
@@ -57,7 +57,7 @@ def _notice(write):
                                         "(first run only; Numba caches them on disk)..."))
     with event.install_listener("numba:run_pass", listener):
         yield
-    if listener.started is not None:
+    if listener.compiled:
         write(f"fastbp: compiled in {listener.seconds:.1f} s")
 
 

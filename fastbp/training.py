@@ -2,7 +2,6 @@
 progress bar, validation, History. Works on any object with Model's attributes
 (``layers``, ``dtype``, ``build``, ``_forward``); ``fastbp.model`` sits above it."""
 import _signal
-import _thread
 import contextlib
 import copy
 import itertools
@@ -80,7 +79,7 @@ class interrupts_deferred:
 
     def __enter__(self):
         caught = self.caught = []
-        self.active = _thread.get_ident() == threading.main_thread().ident and \
+        self.active = threading.get_ident() == threading.main_thread().ident and \
             _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
         if self.active:
             def hold(signum, frame):

@@ -130,5 +130,3 @@ def main(argv):
     kind, tags = argv[0], json.loads(argv[1])
     tail = {"plan": nn.plan_tail, "tiny": nn.tiny_tail}[kind]
     tail(*build(tags))   # compiles the leaves; the body returns at once
-
-

@@ -931,7 +931,7 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
 # types the plans pass, the leaves each plan calls last. Not cached: only the leaves are
 # worth keeping.
 
-@njit(nogil=True, fastmath=SERIAL["fastmath"], error_model="numpy")
+@njit(**dict(SERIAL, cache=False))
 def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
               opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
     """plan_train's last callees: _loss_rows, then from _update_range backwards; then
@@ -972,7 +972,7 @@ def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, 
     return int(total)
 
 
-@njit(nogil=True, fastmath=SERIAL["fastmath"], error_model="numpy")
+@njit(**dict(SERIAL, cache=False))
 def tiny_tail(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
               s1, s2, hp, t, acts, g1, g2, pred, dpred, yb, losses, out):
     """tiny_train's last callees, from _update_range backwards (see above)."""
