@@ -93,8 +93,12 @@ workload("large32", "large step 784-2048-2048-10, batch 512, float32", LARGE,
          EVERYONE + [GEMM], flops=step_flops(LARGE))
 workload("large64", "large step 784-2048-2048-10, batch 512, float64",
          dict(LARGE, dtype="float64"), EVERYONE + [GEMM], flops=step_flops(LARGE))
+# 100 calls per timed run (about 50 ms): with 10 (about 5 ms), what the first calls after
+# the idle gap cost decided the figure, and per-round ratios of the layer to the raw kernel
+# spread over 0.43-1.82 (`fastbp bench --rounds 5 softmax`, 2026-11-28 15:56 UTC); with
+# 100 they spread over 0.80-0.90 (the same command minutes later).
 workload("softmax", "softmax backward N=512, n=1000, float64 (`Softmax.backward`)",
-         dict(kind="softmax", dtype="float64", rows=512, width=1000, inner=10),
+         dict(kind="softmax", dtype="float64", rows=512, width=1000, inner=100),
          [Row("fastbp", "fastbp", "layer"),
           Row("fastbp raw kernel (activation_backward)", "fastbp", "kernel"),
           Row("reference", "reference", "layer"), Row("pytorch autograd", "torch", "eager")])
