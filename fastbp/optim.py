@@ -146,14 +146,7 @@ class Optimizer:
             if not isinstance(layer, Layer) or (flat is not None and isinstance(layer, Linear)):
                 continue
             for name in ("w", "b"):
-                p, g = getattr(layer, name), getattr(layer, name + "_gradient")
-                p = np.asarray(p)
-                if p.dtype not in (np.float32, np.float64) or not p.flags.writeable:
-                    raise TypeError(f"{type(self).__name__}: layer {i} ({layer!r}) has a "
-                                    f"{name} the optimizer cannot update in place (dtype "
-                                    f"{p.dtype}, writeable {p.flags.writeable}); keep w and "
-                                    f"b as writable float32 or float64 arrays")
-                g = np.broadcast_to(g, p.shape)
+                p, g = _parameter(self, i, layer, name)
                 if not p.flags.c_contiguous and p.flags.f_contiguous:
                     p, g = p.T, g.T  # a Fortran-ordered array is its transpose in C order
                 if not p.flags.c_contiguous:
@@ -189,6 +182,38 @@ class Optimizer:
         names = self.hyper_names + (("weight_decay",) if self.weight_decay else ())
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in names)
         return f"{type(self).__name__}({args})"
+
+
+def _parameter(opt, i, layer, name):
+    """Layer ``i``'s parameter ``name`` and its gradient, as arrays the update can use:
+    the parameter a writable float array (updated in place), the gradient real numbers of
+    a shape that broadcasts to it. Anything else is refused by name, never skipped."""
+    who = f"{type(opt).__name__}: layer {i} ({type(layer).__name__})"
+    if not hasattr(layer, name):
+        raise AttributeError(f"{who} is a Layer without a parameter {name!r}; a layer with "
+                             f"no parameters should subclass layers.Activation")
+    p = getattr(layer, name)
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"{who}: {name} is a {type(p).__name__}, which the optimizer cannot "
+                        f"update in place; make it a float array, e.g. "
+                        f"self.{name} = np.array({name}_value, dtype=float)")
+    if p.dtype not in (np.float32, np.float64) or not p.flags.writeable:
+        raise TypeError(f"{who} has a {name} the optimizer cannot update in place (dtype "
+                        f"{p.dtype}, writeable {p.flags.writeable}); keep w and b as "
+                        f"writable float32 or float64 arrays")
+    if not hasattr(layer, name + "_gradient"):
+        raise AttributeError(f"{who}: backward did not set {name}_gradient; it must set "
+                             f"w_gradient and b_gradient, shaped like w and b")
+    g = np.asarray(getattr(layer, name + "_gradient"))
+    if g.dtype.kind not in "biuf":
+        raise TypeError(f"{who}: {name}_gradient must be real numbers, got dtype {g.dtype}")
+    try:
+        g = np.broadcast_to(g, p.shape)
+    except ValueError:
+        raise ValueError(f"{who}: {name}_gradient has shape {g.shape}, which does not fit "
+                         f"{name}'s shape {p.shape}; backward must set {name}_gradient "
+                         f"with {name}'s shape") from None
+    return p, g
 
 
 def _weak(obj):

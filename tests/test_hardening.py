@@ -568,6 +568,65 @@ def test_a_custom_layer_with_a_strided_w_is_refused_about_memory_order():
         layers.Model([layer]).train(x, y, epochs=1, verbose=False)
 
 
+class _ScaleLayer(layers.Layer):
+    """y = x * w + b for one feature; ``edit(layer)`` breaks it after construction."""
+
+    def __init__(self, edit=None):
+        self.w, self.b = np.ones((1, 1)), np.zeros(1)
+        self.edit = edit
+
+    def __call__(self, x):
+        self.x = x
+        return x * self.w + self.b
+
+    def backward(self, g):
+        self.w_gradient = np.sum(g * self.x, keepdims=True)
+        self.b_gradient = g.sum(0)
+        if self.edit:
+            self.edit(self)
+        return g * self.w
+
+
+@pytest.mark.parametrize("edit, error, match", [
+    # Python numbers and lists were updated as copies, so the layer never trained.
+    (lambda s: setattr(s, "w", 1.0), TypeError, r"layer 0 \(_ScaleLayer\): w is a float, "
+                                                r"which the optimizer cannot update in place"),
+    (lambda s: setattr(s, "w", [[1.0]]), TypeError, r"w is a list, which the optimizer"),
+    (lambda s: setattr(s, "b_gradient", np.ones((2, 3))), ValueError,
+     r"b_gradient has shape \(2, 3\), which does not fit b's shape \(1,\)"),
+    (lambda s: setattr(s, "w_gradient", np.ones((1, 1)) * 1j), TypeError,
+     r"w_gradient must be real numbers, got dtype complex128"),
+    (lambda s: delattr(s, "b_gradient"), AttributeError,
+     r"backward did not set b_gradient"),
+    (lambda s: delattr(s, "b"), AttributeError,
+     r"a Layer without a parameter 'b'; a layer with no parameters should subclass "
+     r"layers.Activation"),
+], ids=["w-float", "w-list", "b_gradient-shape", "w_gradient-complex", "no-b_gradient",
+        "no-b"])
+def test_a_custom_layer_the_optimizer_cannot_update_is_refused_by_name(edit, error, match):
+    x, y = _data()
+    x = x[:, :1]
+    with pytest.raises(error, match=match):
+        layers.Model([_ScaleLayer(edit)]).train(x, 3 * x, epochs=1, verbose=False)
+
+
+def test_a_custom_layer_with_array_parameters_trains_like_the_reference():
+    """The same layer, unbroken, trains: the refusals above are about the values only."""
+    x, _ = _data()
+    x = x[:, :1]
+    layer = _ScaleLayer()
+    h = layers.Model([layer]).train(x, 3 * x, optim=optim.SGD(lr=0.005), epochs=20,
+                                    verbose=False)
+    # By hand: the original MSE gradient is 2 e / O per element (O = 1 output here), not
+    # divided by the rows, so dL/dw = sum(2 e x) and dL/db = sum(2 e).
+    w, b = 1.0, 0.0
+    for _ in range(20):
+        e = x * w + b - 3 * x
+        w, b = w - 0.005 * float(np.sum(2 * e * x)), b - 0.005 * float(np.sum(2 * e))
+    np.testing.assert_allclose([layer.w[0, 0], layer.b[0]], [w, b], rtol=1e-12)
+    assert h[-1] < h[0]
+
+
 @pytest.mark.parametrize("fraction", [-0.1, 1.5, 1, float("nan"), "0.2", True])
 def test_digits_refuses_a_test_fraction_outside_0_1(fraction):
     with pytest.raises(ValueError, match=r"digits: test_fraction must be a number in \[0, 1\)"):
