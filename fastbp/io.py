@@ -79,6 +79,9 @@ def save(model, path, optimizer=None, comm=None):
     """
     if comm is not None:
         return _save_on_rank0(model, path, optimizer, comm)
+    if not isinstance(model, Model):
+        raise TypeError(f"save: the first argument must be a fastbp Model, got "
+                        f"{type(model).__name__}; call fastbp.save(model, path)")
     if callable(getattr(model, "_sync", None)):
         model._sync()  # the layers as they are now (see Model)
     meta = {"format": FORMAT, "version": VERSION, "dtype": model.dtype.name,
@@ -126,11 +129,20 @@ def _save_on_rank0(model, path, optimizer, comm):
 
 def _check_optimizer_matches(optimizer, model):
     """Refuse to save state that belongs to other parameters than ``model``'s."""
+    bound = optimizer._model() if optimizer._model is not None else None
+    if optimizer._model is not None and bound is not model:
+        raise ValueError(f"save: {optimizer!r} has trained another model ({optimizer.t} "
+                         f"steps; its state describes that model's parameters); save the "
+                         f"optimizer with its own model")
     flat = optimizer.state.get("flat")
     n_params = sum(layer.n_params for layer in model.layers if isinstance(layer, L.Linear))
     if flat is not None and flat[0].size != n_params:
         raise ValueError(f"save: {optimizer!r} holds state for {flat[0].size} parameters, "
                          f"the model has {n_params}; save the optimizer with its own model")
+    if flat is not None and flat[0].dtype != model.dtype:
+        # load() would refuse the file: the state must have the model's dtype.
+        raise ValueError(f"save: {optimizer!r} holds {flat[0].dtype} state, the model is "
+                         f"{model.dtype}; save the optimizer with the model it trained")
     extra = [k for k in optimizer.state if k != "flat"]
     if extra:
         raise ValueError(f"save: {optimizer!r} holds state for custom layers ({extra}), "

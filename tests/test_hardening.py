@@ -403,6 +403,30 @@ def test_loaded_optimizer_state_must_match_the_model(tmp_path):
     np.testing.assert_array_equal(resumed.params, a.params)
 
 
+def test_save_refuses_optimizer_state_that_load_could_not_read_back(tmp_path):
+    """State of another dtype (load refuses such a file) or of another model is refused
+    before anything is written: a good file already at the path stays as it was."""
+    x, y = _data()
+    trained = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    opt = optim.Adam(lr=0.01)
+    trained.train(x, y, optim=opt, epochs=2, verbose=False)
+    fastbp.save(trained, tmp_path / "good.npz", opt)
+    before = (tmp_path / "good.npz").read_bytes()
+    same_layout32 = layers.Model([_linear(4, 3, 0, np.float32), layers.Tanh(),
+                                  _linear(2, 4, 1, np.float32)], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"Adam\(lr=0.01, .*\) has trained another model "
+                                         r"\(2 steps"):
+        fastbp.save(same_layout32, tmp_path / "good.npz", opt)
+    loaded = fastbp.load_optimizer(tmp_path / "good.npz")   # bound to no model yet
+    with pytest.raises(ValueError, match=r"holds float64 state, the model is float32"):
+        fastbp.save(same_layout32, tmp_path / "good.npz", loaded)
+    assert (tmp_path / "good.npz").read_bytes() == before
+    back = fastbp.load(tmp_path / "good.npz")
+    np.testing.assert_array_equal(back.params, trained.params)
+    with pytest.raises(TypeError, match=r"the first argument must be a fastbp Model, got str"):
+        fastbp.save("hello", tmp_path / "h.npz")
+
+
 # ============================================================ 5. predict from many threads
 
 THREADS_CODE = """
