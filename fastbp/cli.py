@@ -125,10 +125,15 @@ def _check_plot_path(parser, path):
         import matplotlib  # noqa: F401
     except ImportError:
         parser.error('--plot needs matplotlib: pip install "fastbp[plot]"')
+    _check_writable(parser, "--plot", path)
+
+
+def _check_writable(parser, option, path):
+    """Before training, so that a long run never ends unable to keep its result."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK) \
             or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        parser.error(f"--plot {path}: cannot write there (no such folder, a folder, or "
+        parser.error(f"{option} {path}: cannot write there (no such folder, a folder, or "
                      f"no permission)")
 
 
@@ -210,6 +215,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if getattr(args, "plot", None):
         _check_plot_path(parser, args.plot)
+    if getattr(args, "save", None):
+        _check_writable(parser, "--save", args.save)
     try:
         return args.run(args)
     except FloatingPointError as e:  # divergence: one clear line, no traceback

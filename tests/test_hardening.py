@@ -892,6 +892,9 @@ def _cli(capsys, *args):
     (("bench", "--rounds", "0"), "argument --rounds: must be an integer >= 1, got 0"),
     (("train", "spirals", "--plot", "no-such-folder/c.png"), "--plot no-such-folder/c.png: "
                                                             "cannot write there"),
+    # It trained fully, then lost the model to a FileNotFoundError traceback.
+    (("train", "spirals", "--save", "no-such-folder/m.npz"), "--save no-such-folder/m.npz: "
+                                                            "cannot write there"),
 ])
 def test_bad_command_line_values_are_usage_errors(capsys, args, match):
     code, out, err = _cli(capsys, *args)
