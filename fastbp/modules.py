@@ -124,21 +124,31 @@ class Linear(Layer):
         self.allocate(n_in, dtype)
         self._w[...], self._b[...] = initial_weights(n_in, self.units, self.init, self.rng)
 
-    def _set(self, name, view, value):
+    def _get(self, name, slot):
         if not self.initialized:
-            raise AttributeError(f"Linear: {name} does not exist before the first call "
-                                 f"(the input size is not known yet)")
+            raise AttributeError(f"Linear({self.units}): {name} does not exist before the "
+                                 f"first call (the input size is not known yet); call the "
+                                 f"layer or its model on data first, or layer.build(n_in)")
+        return getattr(self, slot)
+
+    def _set(self, name, slot, value):
+        view = self._get(name, slot)
         value = np.asarray(value)
         if value.shape != view.shape:
             raise ValueError(f"Linear: {name} must have shape {view.shape}, got {value.shape}")
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"Linear: {name} must be real numbers, got dtype {value.dtype}")
         view[...] = value
 
-    w = property(lambda self: self._w, lambda self, v: self._set("w", self._w, v))
-    b = property(lambda self: self._b, lambda self, v: self._set("b", self._b, v))
-    w_gradient = property(lambda self: self._dw,
-                          lambda self, v: self._set("w_gradient", self._dw, v))
-    b_gradient = property(lambda self: self._db,
-                          lambda self, v: self._set("b_gradient", self._db, v))
+    @staticmethod
+    def _view_property(name, slot):
+        return property(lambda self: self._get(name, slot),
+                        lambda self, value: self._set(name, slot, value))
+
+    w = _view_property("w", "_w")
+    b = _view_property("b", "_b")
+    w_gradient = _view_property("w_gradient", "_dw")
+    b_gradient = _view_property("b_gradient", "_db")
 
     # -- forward / backward ------------------------------------------------------------
     def __call__(self, x):

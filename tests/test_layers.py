@@ -132,6 +132,19 @@ def test_assigning_w_copies_into_the_flat_buffer(rng):
     np.testing.assert_array_equal(net.params[:15], new.ravel())
     with pytest.raises(ValueError, match=r"Linear: w must have shape \(5, 3\)"):
         first.w = np.zeros((3, 5))
+    with pytest.raises(TypeError, match=r"Linear: b must be real numbers, got dtype complex"):
+        first.b = np.zeros(3) + 1j   # was a ComplexWarning and the imaginary part dropped
+    np.testing.assert_array_equal(net.params[:15], new.ravel())
+
+
+@pytest.mark.parametrize("touch", [lambda lin: lin.w,
+                                   lambda lin: setattr(lin, "w", np.zeros((5, 3)))],
+                         ids=["read", "assign"])
+def test_w_before_the_first_call_names_the_layer_and_the_fix(touch):
+    # Was "'Linear' object has no attribute '_w'".
+    with pytest.raises(AttributeError, match=r"Linear\(3\): w does not exist before the "
+                                             r"first call .* call the layer or its model"):
+        touch(layers.Linear(3))
 
 
 def test_model_backward_does_not_compute_the_first_linears_input_gradient():
