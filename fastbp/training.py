@@ -97,11 +97,11 @@ class interrupts_deferred:
         return False
 
 
-def _instance(value, who, example):
+def _instance(value, who, example, caller="train"):
     """Refuse a class given where an instance is needed (``optim=optim.SGD``)."""
     if isinstance(value, type):
-        raise TypeError(f"train: {who} must be an instance, not the class {value.__name__}; "
-                        f"pass an instance, e.g. {example}")
+        raise TypeError(f"{caller}: {who} must be an instance, not the class "
+                        f"{value.__name__}; pass an instance, e.g. {example}")
     return value
 
 
@@ -156,7 +156,7 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     rows_per_epoch = getattr(run_epochs, "rows", n)
     n_batches = getattr(run_epochs, "steps", -(-n // batch_size))
     shuffled = shuffle and batch_size < n
-    rng = np.random.default_rng(seed) if shuffled else None
+    rng = _shuffling_generator(seed) if shuffled else None
     if shuffled and comm is not None:
         rng = distributed.rank_seed(seed, comm)
     # Epochs run in chunks (one compiled call each when the plan applies), sized to take
@@ -179,6 +179,14 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
             if validation_data is None:
                 chunk = int(min(most, max(1, chunk * target / max(elapsed, 1e-6))))
     return history
+
+
+def _shuffling_generator(seed):
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as error:   # NumPy's message does not say which call
+        raise type(error)(f"train: seed must be None, an integer >= 0, or a NumPy "
+                          f"Generator or SeedSequence, got {seed!r} ({error})") from None
 
 
 def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per_epoch,
@@ -230,5 +238,8 @@ def predict(model, x, batch_size=None):
 def evaluate(model, x, y, loss=None):
     x, y = _xy(model, x, y, "evaluate")
     # A copy of the loss: it keeps its last inputs, and evaluate may run in many threads.
-    loss = MSE() if loss is None else copy.copy(_instance(loss, "loss", "loss.MSE()"))
+    if loss is None:
+        loss = MSE()
+    else:
+        loss = copy.copy(_instance(loss, "loss", "loss.MSE()", caller="evaluate"))
     return float(loss(predict(model, x), y))

@@ -549,8 +549,16 @@ def test_classes_instead_of_instances_are_refused_with_the_fix(kwargs, match):
     x, y = _data()
     with pytest.raises(TypeError, match=match):
         layers.Model([layers.Linear(2)]).train(x, y, epochs=1, verbose=False, **kwargs)
-    with pytest.raises(TypeError, match=r"loss must be an instance.*loss.MSE\(\)"):
+    with pytest.raises(TypeError, match=r"^evaluate: loss must be an instance.*loss.MSE\(\)"):
         layers.Model([layers.Linear(2)]).evaluate(x, y, loss=loss.MSE)
+
+
+@pytest.mark.parametrize("seed, error", [("abc", TypeError), (-1, ValueError)])
+def test_a_bad_seed_names_train_and_what_a_seed_can_be(seed, error):
+    x, y = _data()
+    with pytest.raises(error, match=r"^train: seed must be None, an integer >= 0, or a "
+                                    r"NumPy Generator or SeedSequence, got "):
+        layers.Model([layers.Linear(2)]).train(x, y, batch_size=4, seed=seed, verbose=False)
 
 
 class _FortranLayer(layers.Layer):
