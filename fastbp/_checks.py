@@ -2,6 +2,7 @@
 import contextlib
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -47,6 +48,11 @@ def as_batch(x, dtype, who, name="x", check_finite=True):
         # as it is. An array whose sum is not finite (a NaN or Inf, or a sum that
         # overflowed) takes the full check below, which names the element.
         return x
+    masked = sys.modules.get("numpy.ma")   # not imported: x cannot be a masked array
+    if masked is not None and isinstance(x, masked.MaskedArray) and masked.is_masked(x):
+        raise ValueError(f"{who}: {name} is a masked array with masked values, and the "
+                         f"mask would be ignored; drop those rows or fill them first, e.g. "
+                         f"{name}.filled(0)")
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as err:  # ragged nested lists

@@ -226,6 +226,17 @@ def test_complex_object_and_string_arrays_are_refused_with_the_dtype(name):
     _raises(TypeError, "Tanh.backward: grad must be real numbers", grad_layer.backward, bad)
 
 
+def test_masked_values_are_refused_not_silently_unmasked():
+    """np.asarray drops a mask: the masked entries' stored values would be trained on."""
+    net = _built()
+    x = np.ma.masked_array(np.ones((3, 3)), mask=np.eye(3, dtype=bool))
+    msg = r"x is a masked array with masked values, and the mask would be ignored"
+    _raises(ValueError, f"train: {msg}", net.train, x, np.ones((3, 2)), verbose=False)
+    _raises(ValueError, f"predict: {msg}", net.predict, x)
+    unmasked = np.ma.masked_array(np.ones((3, 3)), mask=False)   # nothing hidden: taken
+    np.testing.assert_array_equal(net.predict(unmasked), net.predict(np.ones((3, 3))))
+
+
 def test_ragged_lists_and_backward_shape_are_refused_clearly():
     net = _built()
     _raises(ValueError, "Model: x is not a rectangular array", net, [[1.0, 2.0, 3.0], [1.0]])
