@@ -129,8 +129,7 @@ def _save_on_rank0(model, path, optimizer, comm):
 
 def _check_optimizer_matches(optimizer, model):
     """Refuse to save state that belongs to other parameters than ``model``'s."""
-    bound = optimizer._model() if optimizer._model is not None else None
-    if optimizer._model is not None and bound is not model:
+    if optimizer._bound_elsewhere(model):
         raise ValueError(f"save: {optimizer!r} has trained another model ({optimizer.t} "
                          f"steps; its state describes that model's parameters); save the "
                          f"optimizer with its own model")

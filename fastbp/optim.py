@@ -58,14 +58,17 @@ class Optimizer:
         """Tie the state to ``model`` on its first step; refuse any other model after."""
         if self.n_slots == 0:
             return  # no state: any model may share it
-        if self._model is not None and self._model() is model:
-            return
-        if self._model is not None:  # another model, alive or not
+        if self._bound_elsewhere(model):
             raise ValueError(f"{self!r} already holds the state of another model ({self.t} "
                              f"steps: moments and step count t belong to that model); make "
                              f"one optimizer per model, e.g. {type(self).__name__}"
                              f"(lr={self.lr}), or call .reset() first")
-        self._model = _weak(model)
+        if self._model is None:
+            self._model = _weak(model)
+
+    def _bound_elsewhere(self, model):
+        """Whether the state belongs to a model other than ``model`` (alive or not)."""
+        return self._model is not None and self._model() is not model
 
     def __call__(self, model, loss):
         if getattr(type(model), "input_gradient_optional", False):   # a fastbp Model
@@ -147,15 +150,7 @@ class Optimizer:
                 continue
             for name in ("w", "b"):
                 p, g = _parameter(self, i, layer, name)
-                if not p.flags.c_contiguous and p.flags.f_contiguous:
-                    p, g = p.T, g.T  # a Fortran-ordered array is its transpose in C order
-                if not p.flags.c_contiguous:
-                    raise TypeError(f"{type(self).__name__}: layer {i} ({layer!r}) has a "
-                                    f"{name} that is not contiguous in memory (strides "
-                                    f"{p.strides}), so it cannot be updated in place; make "
-                                    f"it with np.ascontiguousarray")
-                g = np.ascontiguousarray(g, dtype=p.dtype)
-                self._update((i, name), p.reshape(-1), g.reshape(-1), hp)
+                self._update((i, name), p, g, hp)
 
     def state_dict(self):
         """Arrays and numbers that let a saved run resume exactly."""
@@ -185,9 +180,11 @@ class Optimizer:
 
 
 def _parameter(opt, i, layer, name):
-    """Layer ``i``'s parameter ``name`` and its gradient, as arrays the update can use:
-    the parameter a writable float array (updated in place), the gradient real numbers of
-    a shape that broadcasts to it. Anything else is refused by name, never skipped."""
+    """Layer ``i``'s parameter ``name`` and its gradient as two 1-D arrays of the same
+    length and dtype, the first a view of the parameter (the update writes into it).
+    The parameter must be a writable, contiguous float array (C or Fortran order), the
+    gradient real numbers of a shape that broadcasts to it; anything else is refused by
+    name, never skipped."""
     who = f"{type(opt).__name__}: layer {i} ({type(layer).__name__})"
     if not hasattr(layer, name):
         raise AttributeError(f"{who} is a Layer without a parameter {name!r}; a layer with "
@@ -213,7 +210,13 @@ def _parameter(opt, i, layer, name):
         raise ValueError(f"{who}: {name}_gradient has shape {g.shape}, which does not fit "
                          f"{name}'s shape {p.shape}; backward must set {name}_gradient "
                          f"with {name}'s shape") from None
-    return p, g
+    if not p.flags.c_contiguous and p.flags.f_contiguous:
+        p, g = p.T, g.T  # a Fortran-ordered array is its transpose in C order
+    if not p.flags.c_contiguous:
+        raise TypeError(f"{who} has a {name} that is not contiguous in memory (strides "
+                        f"{p.strides}), so it cannot be updated in place; make it with "
+                        f"np.ascontiguousarray")
+    return p.reshape(-1), np.ascontiguousarray(g, dtype=p.dtype).reshape(-1)
 
 
 def _weak(obj):
