@@ -11,7 +11,11 @@ Why the sum is right: every built-in loss's gradient is a sum over the batch's r
 backward is ``2 e / O`` per row, summed; cross-entropies sum), so the summed gradient of N
 ranks' batches of b rows IS the gradient of their union, one batch of N*b rows. The loss
 values combine as that union batch's loss: summed (cross-entropies), or for MSE (a mean
-over the batch) weighted by rows, ``sum(loss_r * rows_r) / sum(rows_r)``.
+over the batch) weighted by rows, ``sum(loss_r * rows_r) / sum(rows_r)``. What applies
+to the union batch as a whole comes after the sum, once: a loss with reduction="mean"
+divides by the union's rows (each rank sends its plain sum), and weight decay adds
+``weight_decay * w`` to the summed weight gradients, and its penalty to the loss, as one
+process does for that batch.
 
 The allreduce runs in Python between compiled calls (mpi4py), not inside the compiled
 epoch (numba-mpi): Numba cannot cache a function that calls numba-mpi, so that would put
@@ -179,7 +183,27 @@ class GradientExchange:
         for layer, name, shape, offset in self.slots:
             size = int(np.prod(shape))
             setattr(layer, name + "_gradient", buf[offset:offset + size].reshape(shape).copy())
-        return float(buf[-2] / buf[-1]) if self.mean_loss else float(buf[-2])
+        return (float(buf[-2] / buf[-1]) if self.mean_loss else float(buf[-2])), int(buf[-1])
+
+
+def _parameter_layers(model):
+    """Every layer with w and b (the Linear layers' are views into the flat buffers)."""
+    return [layer for layer in model.layers if isinstance(layer, Layer)]
+
+
+def _scale_gradients(model, factor):
+    for layer in _parameter_layers(model):
+        for name in ("w_gradient", "b_gradient"):
+            setattr(layer, name, np.asarray(getattr(layer, name)) * factor)
+
+
+def _regularize(model, decay, rows):
+    """The summed gradients of the union batch become (g + decay * w) / rows for the
+    weights and g / rows for the biases, as one process computes them for that batch."""
+    for layer in _parameter_layers(model):
+        dw = np.asarray(layer.w_gradient) + decay * np.asarray(layer.w)
+        layer.w_gradient = dw / rows
+        layer.b_gradient = np.asarray(layer.b_gradient) / rows
 
 
 def broadcast_weights(model, comm):
@@ -235,14 +259,23 @@ def epoch_runner(model, x, y, batch_size, optim, loss, comm):
     steps = min(b for _, b, _ in everyone)
     rows = sum(min(n_r, steps * batch_size) for _, _, n_r in everyone)   # per epoch
     broadcast_weights(model, comm)
+    mean = getattr(loss, "reduction", "sum") == "mean"
+    decay = float(getattr(optim, "weight_decay", 0.0))
     exchange = GradientExchange(model, comm, mean_loss=isinstance(loss, MSE))
     natural = np.arange(n, dtype=np.int64)
+    if plan is not None:   # plain sums from every rank, with the loss's own clip
+        plan.mean, plan.eps = False, getattr(loss, "eps", None)
 
     def batch_gradient(rows):
+        """This rank's batch loss and gradients; sums, never means over its rows (MSE,
+        itself a mean over the batch, is weighted by the rows in the exchange)."""
         if plan is not None and code is not None:
             return plan.gradient(x, y, rows, code)
         value = loss(model._forward(x[rows]), y[rows])
         model.backward(loss)
+        if mean:   # the loss divided both by this rank's rows: back to sums
+            _scale_gradients(model, len(rows))
+            value *= len(rows)
         return value
 
     def run(orders, stop=()):   # ranks stop together: Ctrl-C waits for the chunk's end
@@ -250,12 +283,19 @@ def epoch_runner(model, x, y, batch_size, optim, loss, comm):
         with abort_on_error(comm):
             for order in orders:
                 order = natural if order is None else order.astype(np.int64, copy=False)
-                total = 0.0
+                total, union_rows = 0.0, 0
                 for s in range(steps):
                     rows = order[s * batch_size:(s + 1) * batch_size]
-                    total += exchange.sum(batch_gradient(rows), len(rows))
+                    value, n_union = exchange.sum(batch_gradient(rows), len(rows))
+                    penalty = optim.penalty(model) if decay else 0.0   # at the weights used
+                    if decay or mean:
+                        _regularize(model, decay, n_union if mean else 1)
                     optim.step(model)
-                values.append(total / steps)
+                    # The union batch's loss as one process computes it: for "mean", its
+                    # sum and penalty, divided by the epoch's rows at the end.
+                    total += value + penalty
+                    union_rows += n_union
+                values.append(total / union_rows if mean else total / steps)
                 if not np.isfinite(values[-1]):   # the same on every rank: a joint stop
                     break
         return values

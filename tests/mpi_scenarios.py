@@ -20,8 +20,10 @@ from fastbp import layers, loss, optim
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 F, O, EPOCHS = 5, 3, 6
-OPTIMIZERS = {"SGD": lambda: optim.SGD(lr=0.05), "Momentum": lambda: optim.Momentum(lr=0.02),
-              "RMSProp": lambda: optim.RMSProp(lr=0.01), "Adam": lambda: optim.Adam(lr=0.01)}
+OPTIMIZERS = {"SGD": lambda **kw: optim.SGD(lr=0.05, **kw),
+              "Momentum": lambda **kw: optim.Momentum(lr=0.02, **kw),
+              "RMSProp": lambda **kw: optim.RMSProp(lr=0.01, **kw),
+              "Adam": lambda **kw: optim.Adam(lr=0.01, **kw)}
 
 
 class Scale(layers.Layer):
@@ -56,8 +58,8 @@ def make_model(kind, seed, custom=False, fail_on_call=None):
     return layers.Model(stack, dtype=np.float64)
 
 
-def make_loss(kind):
-    return loss.CategoricalCrossentropy() if kind == "cce" else loss.MSE()
+def make_loss(kind, **kw):
+    return loss.CategoricalCrossentropy(**kw) if kind == "cce" else loss.MSE(**kw)
 
 
 def shards(sizes, kind, seed=0):
@@ -92,14 +94,17 @@ def rel(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
 
 
-def compare(name, kind, opt_name, sizes, batch, custom=False, validation=False):
-    """Train distributed and (rank 0) the single-process oracle; rank 0 returns numbers."""
+def compare(name, kind, opt_name, sizes, batch, custom=False, validation=False,
+            opt_kw=None, loss_kw=None):
+    """Train distributed and (rank 0) the single-process oracle; rank 0 returns numbers.
+    opt_kw / loss_kw: options of the optimizer (weight_decay) and loss (reduction, eps)."""
+    opt_kw, loss_kw = opt_kw or {}, loss_kw or {}
     all_shards = shards(sizes, kind)
     x, y = all_shards[RANK]
     val = shards([20], kind, seed=99)[0] if validation else None
     net = make_model(kind, seed=1 + RANK, custom=custom)   # rank 0's weights must win
-    history = net.train(x, y, OPTIMIZERS[opt_name](), make_loss(kind), EPOCHS,
-                        batch_size=batch, shuffle=False, verbose=False,
+    history = net.train(x, y, OPTIMIZERS[opt_name](**opt_kw), make_loss(kind, **loss_kw),
+                        EPOCHS, batch_size=batch, shuffle=False, verbose=False,
                         validation_data=val, comm=COMM)
     digests = COMM.gather(digest(net), root=0)
     histories = COMM.gather(list(history), root=0)
@@ -107,8 +112,9 @@ def compare(name, kind, opt_name, sizes, batch, custom=False, validation=False):
         return None
     xu, yu = union(all_shards, batch or max(sizes))   # batch None: every shard, full
     oracle = make_model(kind, seed=1, custom=custom)
-    expected = oracle.train(xu, yu, OPTIMIZERS[opt_name](), make_loss(kind), EPOCHS,
-                            batch_size=batch and SIZE * batch, shuffle=False, verbose=False,
+    expected = oracle.train(xu, yu, OPTIMIZERS[opt_name](**opt_kw), make_loss(kind, **loss_kw),
+                            EPOCHS, batch_size=batch and SIZE * batch, shuffle=False,
+                            verbose=False,
                             validation_data=val)
     result = {"params_rel": rel(net.params, oracle.params),
               "loss_rel": rel(history, expected),
@@ -151,6 +157,20 @@ def equivalence():
     results["custom-Adam-mse"] = compare("custom", "mse", "Adam", [12] * SIZE, 4,
                                          custom=True)
     results["fullbatch-RMSProp-cce"] = compare("full", "cce", "RMSProp", [7] * SIZE, None)
+    # Options that apply to the union batch as a whole (weight decay, reduction="mean"), a
+    # loss's own clip, on the compiled path and layer by layer; shards of unequal size, so
+    # that the ranks' rows differ in the last step.
+    for path, custom in (("plan", False), ("custom", True)):
+        for opts in ("decay", "mean", "mean-decay"):
+            opt_kw = {"weight_decay": 0.3} if "decay" in opts else {}
+            loss_kw = {"reduction": "mean"} if "mean" in opts else {}
+            results[f"{path}-{opts}-Adam-cce"] = compare(
+                opts, "cce", "Adam", [12, 10] if SIZE == 2 else [12] * SIZE, 4,
+                custom=custom, opt_kw=opt_kw, loss_kw=loss_kw)
+    results["plan-eps-SGD-cce"] = compare("eps", "cce", "SGD", [12] * SIZE, 4,
+                                          loss_kw={"eps": 0.2})
+    results["plan-decay-SGD-mse"] = compare("decay", "mse", "SGD", [12] * SIZE, 4,
+                                            opt_kw={"weight_decay": 0.3})
     folder = tempfile.mkdtemp() if RANK == 0 else None
     results["shuffle-save"] = shuffled_and_saved(COMM.bcast(folder, root=0))
     return results

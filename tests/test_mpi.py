@@ -87,6 +87,16 @@ def test_custom_layers_train_layer_by_layer_across_ranks(two_ranks):
     assert result["custom_rel"] < 1e-10
 
 
+@pytest.mark.parametrize("case", ["plan-decay-Adam-cce", "plan-mean-Adam-cce",
+                                  "plan-mean-decay-Adam-cce", "custom-decay-Adam-cce",
+                                  "custom-mean-Adam-cce", "custom-mean-decay-Adam-cce",
+                                  "plan-eps-SGD-cce", "plan-decay-SGD-mse"])
+def test_weight_decay_mean_reduction_and_eps_apply_to_the_union_batch(two_ranks, case):
+    # They were dropped with comm= (decay and the loss's eps never reached the gradient,
+    # and "mean" trained as "sum" with a history 40x too large), with no error.
+    _assert_equivalent(two_ranks[case])
+
+
 def test_full_batch_uses_every_rank_s_whole_shard(two_ranks):
     result = two_ranks["fullbatch-RMSProp-cce"]
     _assert_equivalent(result)
