@@ -9,7 +9,7 @@ import numpy as np
 
 
 # argparse types: a bad value is a usage error (exit 2), never a traceback.
-def _int_at_least(low):
+def _int_at_least(low, high=None):
     def parse(text):
         try:
             value = int(text)
@@ -17,9 +17,15 @@ def _int_at_least(low):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be an integer <= {high}, got {value}")
         return value
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+# What --plot can write (matplotlib's Agg canvas): the file name's suffix picks it.
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
 def _positive_float(text):
@@ -120,12 +126,21 @@ def train(args):
 
 
 def _check_plot_path(parser, path):
-    """Before training: matplotlib is there and ``path`` can be written."""
+    """Before training: matplotlib is there, it can write this kind of file, and
+    ``path`` can be written."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         parser.error('--plot needs matplotlib: pip install "fastbp[plot]"')
+    if _plot_format(path) not in PLOT_FORMATS:
+        parser.error(f"--plot {path}: cannot write a .{_plot_format(path)} file; name it "
+                     f"with one of {', '.join('.' + f for f in PLOT_FORMATS)} (no suffix: "
+                     f"PNG)")
     _check_writable(parser, "--plot", path)
+
+
+def _plot_format(path):
+    return os.path.splitext(path)[1][1:].lower() or "png"
 
 
 def _check_writable(parser, option, path):
@@ -152,7 +167,31 @@ def _plot(history, path):
     b.plot(epochs, 100 * np.array(history.history["val_accuracy"]))
     b.set(xlabel="epoch", ylabel="test accuracy (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format=_plot_format(path))   # exactly at path, as --save
+
+
+def _check_before_running(parser, args):
+    """What would otherwise fail after the work (a model trained for nothing) or with a
+    traceback: usage errors (exit 2) of the subcommand, before anything runs."""
+    if getattr(args, "plot", None):
+        _check_plot_path(parser, args.plot)
+    if getattr(args, "save", None):
+        _check_writable(parser, "--save", args.save)
+        if args.plot and os.path.realpath(args.plot) == os.path.realpath(args.save):
+            parser.error(f"--save and --plot name the same file ({args.save}); the plot "
+                         f"would overwrite the saved model")
+    if getattr(args, "dataset", None) == "digits":
+        from .data import scikit_learn_spec
+        if scikit_learn_spec() is None:
+            parser.error('the digits data set ships with scikit-learn: pip install '
+                         '"fastbp[digits]" (or pip install scikit-learn)')
+    if args.command == "bench":
+        from .bench import OPTIONAL, WORKLOADS
+        unknown = [name for name in args.workloads if name not in WORKLOADS]
+        if unknown:
+            parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from "
+                         f"{' '.join(n for n in WORKLOADS if n not in OPTIONAL)} or the "
+                         f"scikit-learn fits {' '.join(sorted(OPTIONAL))}")
 
 
 def bench(args):
@@ -173,12 +212,12 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("xor", help="train the original 2-8-4-1 XOR network")
     p.add_argument("--epochs", type=_int_at_least(1), default=400)
-    p.add_argument("--seed", type=_int_at_least(0), default=1,
+    p.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=1,
                    help="np.random.seed before building")
     p.add_argument("--original-data", action="store_true",
                    help="the original example's inputs (its 4th row repeats [0, 1])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=xor)
+    p.set_defaults(run=xor, parser=p)
     p = sub.add_parser("train", help="train an MLP on a built-in dataset")
     p.add_argument("dataset", choices=["digits", "spirals"])
     p.add_argument("--epochs", type=_int_at_least(1), default=20)
@@ -188,13 +227,13 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="weights and shuffling")
     p.add_argument("--save", metavar="PATH", help="save model + optimizer state (.npz)")
-    p.add_argument("--plot", metavar="PATH", help="write a loss/accuracy curve PNG")
+    p.add_argument("--plot", metavar="PATH", help="write a loss/accuracy curve (PNG; .pdf, .svg or .jpg by the suffix)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI (mpiexec -n P fastbp train ... "
                         "--distributed): each rank trains on its share of the rows, "
                         "--batch-size is per rank; needs the mpi extra")
-    p.set_defaults(run=train)
+    p.set_defaults(run=train, parser=p)
     p = sub.add_parser("bench", help="time the speed workloads against the competitors, "
                        "each library in its own worker process")
     p.add_argument("workloads", nargs="*", help="subset of: xor digits digits-adam medium "
@@ -207,16 +246,13 @@ def main(argv=None):
                    help="also time whole processes (`fastbp xor`, `fastbp train digits "
                    "--epochs 1`) with an empty and a warm Numba cache, and the "
                    "competitors' first steps")
-    p.set_defaults(run=bench)
+    p.set_defaults(run=bench, parser=p)
     p = sub.add_parser("warmup", help="compile every kernel now (kept in Numba's cache)")
     p.add_argument("--report", action="store_true",
                    help="print each kernel and signature with its compile or load seconds")
-    p.set_defaults(run=warmup)
+    p.set_defaults(run=warmup, parser=p)
     args = parser.parse_args(argv)
-    if getattr(args, "plot", None):
-        _check_plot_path(parser, args.plot)
-    if getattr(args, "save", None):
-        _check_writable(parser, "--save", args.save)
+    _check_before_running(args.parser, args)
     try:
         return args.run(args)
     except FloatingPointError as e:  # divergence: one clear line, no traceback

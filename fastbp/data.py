@@ -53,15 +53,20 @@ def digits(test_fraction=0.2):
     return (x[train], y[train]), (x[test], y[test])
 
 
+def scikit_learn_spec():
+    """scikit-learn's module spec, or None when it is not installed (nothing imported)."""
+    try:
+        return importlib.util.find_spec("sklearn")    # finds the package, runs nothing
+    except (ImportError, ValueError, AttributeError):  # e.g. sys.modules["sklearn"] = None
+        return None
+
+
 def _digits_table():
     """The (1797, 65) float64 table behind scikit-learn's ``load_digits`` (64 pixels, then
     the label). Read from scikit-learn's package data directly when it is where scikit-learn
     keeps it, as ``load_digits`` reads it: importing scikit-learn takes ~1.5 s here, about
     half of a warm ``fastbp train digits --epochs 1``. Otherwise through ``load_digits``."""
-    try:
-        spec = importlib.util.find_spec("sklearn")    # finds the package, runs nothing
-    except (ImportError, ValueError, AttributeError):  # e.g. sys.modules["sklearn"] = None
-        spec = None
+    spec = scikit_learn_spec()
     folders = spec.submodule_search_locations if spec is not None else None
     for folder in folders or ():
         path = os.path.join(folder, "datasets", "data", "digits.csv.gz")

@@ -903,11 +903,39 @@ def _cli(capsys, *args):
     # It trained fully, then lost the model to a FileNotFoundError traceback.
     (("train", "spirals", "--save", "no-such-folder/m.npz"), "--save no-such-folder/m.npz: "
                                                             "cannot write there"),
+    # These trained fully, then ended in a traceback (or overwrote the saved model).
+    (("train", "spirals", "--plot", "c.xyz"), "--plot c.xyz: cannot write a .xyz file"),
+    (("train", "spirals", "--save", "m.png", "--plot", "m.png"),
+     "--save and --plot name the same file (m.png)"),
+    # A traceback from NumPy's legacy seeding.
+    (("xor", "--seed", str(2**32)), "argument --seed: must be an integer <= 4294967295"),
+    (("bench", "nosuch"), "fastbp bench: error: unknown workload(s) nosuch; choose from xor"),
 ])
-def test_bad_command_line_values_are_usage_errors(capsys, args, match):
+def test_bad_command_line_values_are_usage_errors(capsys, tmp_path, monkeypatch, args,
+                                                 match):
+    monkeypatch.chdir(tmp_path)   # relative paths land here, should a command run
     code, out, err = _cli(capsys, *args)
     assert code == 2 and match in err and "Traceback" not in err, err
     assert out == ""   # refused before any training or benchmark ran
+
+
+def test_digits_without_scikit_learn_is_a_usage_error_before_training(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)   # as if it were not installed
+    code, out, err = _cli(capsys, "train", "digits", "--epochs", "1")
+    assert code == 2 and "Traceback" not in err and out == ""
+    assert 'the digits data set ships with scikit-learn: pip install "fastbp[digits]"' in err
+
+
+def test_a_plot_path_without_a_suffix_is_written_exactly_there_as_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastbp import cli
+    from fastbp.training import History
+    history = History()
+    history += [1.0, 0.5]
+    history.history.update(val_loss=[1.1, 0.6], val_accuracy=[0.5, 0.7])
+    cli._plot(history, str(tmp_path / "curve"))   # matplotlib alone wrote curve.png
+    assert os.listdir(tmp_path) == ["curve"]
+    assert (tmp_path / "curve").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_divergence_on_the_command_line_is_one_line_and_a_non_zero_exit(capsys):
