@@ -227,7 +227,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="weights and shuffling")
     p.add_argument("--save", metavar="PATH", help="save model + optimizer state (.npz)")
-    p.add_argument("--plot", metavar="PATH", help="write a loss/accuracy curve (PNG; .pdf, .svg or .jpg by the suffix)")
+    p.add_argument("--plot", metavar="PATH",
+                   help="write a loss/accuracy curve (PNG; .pdf, .svg or .jpg by the suffix)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI (mpiexec -n P fastbp train ... "
