@@ -170,8 +170,8 @@ class _BaseMLP(BaseEstimator):
                 not is_classifier(self):
             raise ValueError(f"loss={self.loss!r} is not offered by fastbp.sklearn (only "
                              f"'squared_error'); use sklearn.neural_network.MLPRegressor")
-        dtype = float_dtype(self.dtype, type(self).__name__)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        dtype = self._fit_dtype(X, first_pass)
         X, y = self._validate_input(X, y, incremental, reset=first_pass, dtype=dtype)
         y = np.asarray(y.reshape(-1, 1) if y.ndim == 1 else y)
         self.n_outputs_ = y.shape[1]
@@ -215,6 +215,16 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                           "going to be clipped")
         return int(np.clip(self.batch_size, 1, n_samples))
+
+    def _fit_dtype(self, X, first_pass):
+        """The dtype: ``self.dtype``, or by default as scikit-learn picks it (float32 data
+        trains in float32, anything else in float64), and a warm start or later
+        ``partial_fit`` keeps the fitted one."""
+        if self.dtype is not None:
+            return float_dtype(self.dtype, type(self).__name__)
+        if not first_pass:
+            return self.coefs_[0].dtype
+        return np.dtype(np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64)
 
     def _fit_stochastic(self, X, y, random_state, incremental, dtype):
         X_train, y_train, X_val, y_val = self._split(X, y, random_state, incremental)
@@ -348,8 +358,9 @@ def _params_doc(extra=""):
     nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
     n_iter_no_change, max_fun : as scikit-learn's, with its defaults (max_fun is
     accepted and unused: it only concerns lbfgs).
-    dtype : numpy float dtype, default float64
-        The dtype the model trains in; float32 halves memory and is faster.
+    dtype : numpy float dtype or None, default None
+        The dtype the model trains in; float32 halves memory and is faster. None picks
+        it as scikit-learn does: float32 for float32 X, else float64.
     """
 
 
@@ -369,7 +380,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, max_fun=15000, dtype=np.float64):
+                 n_iter_no_change=10, max_fun=15000, dtype=None):
         self._set_params(locals())
 
     def _output_activation(self):
@@ -466,7 +477,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, max_fun=15000, dtype=np.float64):
+                 n_iter_no_change=10, max_fun=15000, dtype=None):
         self._set_params(locals())
 
     def _output_activation(self):
