@@ -170,9 +170,10 @@ def _plot(history, path):
     fig.savefig(path, dpi=100, format=_plot_format(path))   # exactly at path, as --save
 
 
-def _check_before_running(parser, args):
+def _check_before_running(args):
     """What would otherwise fail after the work (a model trained for nothing) or with a
     traceback: usage errors (exit 2) of the subcommand, before anything runs."""
+    parser = args.parser
     if getattr(args, "plot", None):
         _check_plot_path(parser, args.plot)
     if getattr(args, "save", None):
@@ -253,7 +254,7 @@ def main(argv=None):
                    help="print each kernel and signature with its compile or load seconds")
     p.set_defaults(run=warmup, parser=p)
     args = parser.parse_args(argv)
-    _check_before_running(args.parser, args)
+    _check_before_running(args)
     try:
         return args.run(args)
     except FloatingPointError as e:  # divergence: one clear line, no traceback

@@ -82,8 +82,7 @@ def save(model, path, optimizer=None, comm=None):
     if not isinstance(model, Model):
         raise TypeError(f"save: the first argument must be a fastbp Model, got "
                         f"{type(model).__name__}; call fastbp.save(model, path)")
-    if callable(getattr(model, "_sync", None)):
-        model._sync()  # the layers as they are now (see Model)
+    model._sync()  # the layers as they are now (see Model)
     meta = {"format": FORMAT, "version": VERSION, "dtype": model.dtype.name,
             "layers": _architecture(model)}
     arrays = {}
