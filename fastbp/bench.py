@@ -73,15 +73,24 @@ def step_flops(spec):
                                                      zip(sizes[:-1], sizes[1:]))
 
 
+# A timed run is 400 epochs from the initial weights, repeated (reset untimed) until the
+# run has lasted XOR_SECONDS. With one call per run, the core's wake-up after the idle gap
+# was in fastbp's figure: its 400 epochs took 1.05-1.28 ms back to back and 1.68-1.71 ms
+# right after a 0.2 s sleep (medians of 9, in one process, 2026-11-28 18:33 UTC), while
+# the reference's 75-130 ms moved with the VM either way. One call per run gave 73.6x
+# (66-78 over rounds), `fastbp bench --rounds 5 xor`, 18:30 UTC.
+XOR_SECONDS = 0.02
 XOR = dict(kind="mlp", data="xor", sizes=[2, 8, 4, 1], acts=["Relu", "Sigmoid", "Sigmoid"],
-           dtype="float64", loss="MSE", optim="SGD", lr=0.6, epochs=400, batch=None, inner=1)
+           dtype="float64", loss="MSE", optim="SGD", lr=0.6, epochs=400, batch=None, inner=1,
+           min_seconds=XOR_SECONDS)
 CLASSIFIER = ["Relu", "Relu", "Softmax"]
 DIGITS = _mlp([64, 128, 64, 10], CLASSIFIER, "float32", 56 * 32, 32, 1)
 MEDIUM = _mlp([784, 256, 256, 10], CLASSIFIER, "float32", 128, 128, 1, lr=1e-4, inner=3)
 LARGE = _mlp([784, 2048, 2048, 10], CLASSIFIER, "float32", 512, 512, 1, lr=1e-4)
 EVERYONE = [FASTBP, REFERENCE, PYTORCH] + JAX_ROWS
 
-workload("xor", "XOR 2-8-4-1, 400 full-batch epochs, float64", XOR, EVERYONE)
+workload("xor", f"XOR 2-8-4-1, 400 full-batch epochs, float64 (runs from the initial "
+         f"weights, repeated to >= {1e3 * XOR_SECONDS:.0f} ms per timed run)", XOR, EVERYONE)
 workload("digits", "digits epoch 64-128-64-10, 56 steps of 32, float32, SGD", DIGITS, EVERYONE)
 workload("digits-adam", "digits epoch 64-128-64-10, 56 steps of 32, float32, Adam",
          dict(DIGITS, optim="Adam"), EVERYONE)
@@ -107,7 +116,7 @@ workload("layerwise", "medium step, float32: `train()` vs `loss(net(x), y); opti
                   Row("fastbp layer by layer", "fastbp", "layerwise")],
          base="fastbp train()")
 workload("train-overhead", "XOR, train(epochs=1) vs the compiled plan's call alone",
-         dict(XOR, epochs=1, inner=2000),
+         dict(XOR, epochs=1, inner=2000, min_seconds=0.0),
          [Row("fastbp train()", "fastbp", "train"),
           Row("fastbp compiled plan call", "fastbp", "plan")], base="fastbp train()")
 # scikit-learn's MLPClassifier against fastbp.sklearn's, whole fits (issue 14); not in the

@@ -63,6 +63,47 @@ def test_gemm_share_and_ratios_in_the_table():
     assert cells[5] == "90%" and cells[6] == "80%-100%"   # per-round shares
 
 
+class _Clocked(W.Runner):
+    """A runner on a fake clock: each call takes the next of ``durations`` seconds."""
+
+    def __init__(self, spec, durations, clock):
+        super().__init__(spec, "fake")
+        self.durations, self.clock, self.log = list(durations), clock, []
+
+    def reset(self):
+        self.log.append("reset")
+
+    def call(self):
+        self.log.append("call")
+        self.clock[0] += self.durations.pop(0)
+
+    def loss(self):
+        return len(self.log)
+
+
+def test_min_seconds_repeats_calls_each_from_a_reset_until_they_add_up(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(W.time, "perf_counter", lambda: clock[0])
+    runner = _Clocked(dict(min_seconds=0.02, inner=1), [0.008, 0.007, 0.006, 0.5], clock)
+    seconds, loss = runner.run()
+    # 8 + 7 ms < 20 ms, 8 + 7 + 6 >= 20: three calls, each right after its own reset
+    assert runner.log == ["reset", "call"] * 3 and loss == 6
+    assert seconds == pytest.approx(0.021 / 3)
+    # one call already longer than the minimum: one call, as without min_seconds
+    runner = _Clocked(dict(min_seconds=0.02), [0.05, 1.0], clock)
+    assert runner.run() == (pytest.approx(0.05), 2)
+    # without min_seconds: one reset, then `inner` calls back to back
+    runner = _Clocked(dict(inner=3), [0.001, 0.002, 0.003], clock)
+    assert runner.run() == (pytest.approx(0.002), 4) and runner.log == ["reset"] + ["call"] * 3
+
+
+def test_only_the_xor_workload_repeats_runs_from_the_initial_weights():
+    assert B.WORKLOADS["xor"].spec["min_seconds"] == B.XOR_SECONDS > 0
+    assert not B.WORKLOADS["train-overhead"].spec["min_seconds"]   # 2000 calls, no reset
+    assert all(not w.spec.get("min_seconds") for name, w in B.WORKLOADS.items()
+               if name != "xor")
+
+
 TINY = dict(kind="mlp", data="random", rows=12, sizes=[5, 7, 3], acts=["Relu", "Softmax"],
             dtype="float64", loss="CategoricalCrossentropy", optim="Adam", lr=0.01, epochs=3,
             batch=4, inner=1)
