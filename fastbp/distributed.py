@@ -246,9 +246,9 @@ def epoch_runner(model, x, y, batch_size, optim, loss, comm):
         _build(model, x)
     plan = plan_for(model, batch_size) if type(optim) in _OPTIMIZERS else None
     code = _loss_code(loss, model.layers[-1]) if plan is not None else None
-    if plan is not None and code is not None and y.shape[1] != int(plan.spec[-1, 3]):
+    if plan is not None and code is not None and y.shape[1] != plan.n_out:
         raise ValueError(f"{type(loss).__name__}: y has shape {y.shape} but the prediction "
-                         f"has shape {(n, int(plan.spec[-1, 3]))}; they must match")
+                         f"has shape {(n, plan.n_out)}; they must match")
     n_params = (0 if model.params is None else len(model.params)) + sum(
         np.size(getattr(layer, name)) for layer in _custom_layers(model) for name in "wb")
     everyone = comm.allgather((n_params, -(-n // batch_size), n))

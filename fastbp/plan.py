@@ -67,34 +67,34 @@ class Plan:
     def __init__(self, model, spec, batch):
         self.model, self.spec, self.batch = model, spec, batch
         self.params = model.params   # the buffer the spec's offsets describe
+        self.n_in, self.n_out = int(spec[0, 2]), int(spec[-1, 3])
         dtype = model.dtype
         sizes = batch * spec[:, 3]
         self.a_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.acts = np.empty(int(sizes.sum()), dtype)
         widest = int(max(spec[:, 2].max(), spec[:, 3].max()))
         self.g1, self.g2 = np.empty(batch * widest, dtype), np.empty(batch * widest, dtype)
-        self.xb = np.empty(batch * int(spec[0, 2]), dtype)
-        self.yb = np.empty(batch * int(spec[-1, 3]), dtype)
+        self.xb = np.empty(batch * self.n_in, dtype)
+        self.yb = np.empty(batch * self.n_out, dtype)
         # Every product at most SMALL_GEMM_FLOPS multiply-adds: the tiny-net kernels.
         self.tiny = bool((batch * spec[:, 2] * spec[:, 3] * spec[:, 0]).max()
                          <= K.SMALL_GEMM_FLOPS)
-        self._no_output = np.empty((0, int(spec[-1, 3])), dtype)
+        self._no_output = np.empty((0, self.n_out), dtype)
         # The tiny kernel keeps the batch's input rows in front of the activations.
-        lead = batch * int(spec[0, 2])
+        lead = batch * self.n_in
         self.tiny_a_off = self.a_off + lead
         self.tiny_acts = np.empty(lead + self.acts.size, dtype) if self.tiny else None
         if self.tiny:   # the output rows, their gradient and the targets, as (batch, O)
-            n_out, last = int(spec[-1, 3]), int(self.tiny_a_off[-1])
+            n_out, last = self.n_out, int(self.tiny_a_off[-1])
             rows = batch * n_out
             self.tiny_views = (self.tiny_acts[last:last + rows].reshape(batch, n_out),
                                self.g1[:rows].reshape(batch, n_out),
                                self.yb.reshape(batch, n_out))
         self.mean, self.eps = False, None   # the loss's reduction and clip (see train)
         self.default_eps = float(clip_eps(dtype))   # the clip when the loss sets none
-
-    @property
-    def by_steps(self):
-        return self.model.params.shape[0] >= K.PARALLEL_MIN_ELEMENTS
+        # Large models train step by step (see the class's docstring). A plan belongs to
+        # one parameter buffer (plan_for), so this never changes.
+        self.by_steps = self.params.shape[0] >= K.PARALLEL_MIN_ELEMENTS
 
     def train(self, x, y, orders, loss_code, optim, mean=False, eps=None, stop=()):
         """Run one epoch per entry of ``orders`` (None = natural order); returns the epoch
@@ -142,7 +142,7 @@ class Plan:
         if acts is None:
             acts, views = self.tiny_acts, self.tiny_views
         else:   # predict's own buffer
-            n_out, last = int(self.spec[-1, 3]), int(self.tiny_a_off[-1])
+            n_out, last = self.n_out, int(self.tiny_a_off[-1])
             views = (acts[last:last + self.batch * n_out].reshape(self.batch, n_out),) + \
                 self.tiny_views[1:]
         (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts)
@@ -186,7 +186,7 @@ class Plan:
 
     def predict(self, x):
         # Activation buffers of its own per call: predict is safe from many threads at once.
-        n_out = int(self.spec[-1, 3])
+        n_out = self.n_out
         out = np.empty((len(x), n_out), self.model.dtype)
         no_y = np.empty((0, n_out), self.model.dtype)
         if self.tiny:   # the tiny kernel keeps the batch's rows in its acts buffer
@@ -226,6 +226,17 @@ def plan_for(model, batch):
     return model._plan
 
 
+def _build(model, n_features):
+    """``model.build(n_features)``, which a model that has a current plan for inputs of
+    ``n_features`` columns does not need: ``_sync`` finds its layers and buffers
+    unchanged, so every Linear is built, in the buffer, for the widths the plan was made
+    for (a repeated ``train`` call skips the lock and the walk over the layers)."""
+    model._sync()
+    plan = getattr(model, "_plan", None)
+    if plan is None or plan.n_in != n_features or plan.params is not model.params:
+        model.build(n_features)
+
+
 def layerwise_epoch(model, x, y, order, batch_size, optim, loss, stop=()):
     """One epoch, layer by layer (any layers, loss and optimizer); returns the mean loss,
     or None when ``stop`` became truthy (Ctrl-C) before the epoch ended."""
@@ -259,11 +270,11 @@ def _penalty(optim, model, loss, rows):
 
 def epoch_runner(model, x, y, batch_size, optim, loss):
     """A function: list of row orders (one per epoch; None = natural) -> epoch losses."""
-    model.build(x.shape[1])
+    _build(model, x.shape[1])
     plan = plan_for(model, batch_size) if type(optim) in _OPTIMIZERS else None
     code = _loss_code(loss, model.layers[-1]) if plan is not None else None
     if plan is not None and code is not None:
-        n_out = int(plan.spec[-1, 3])
+        n_out = plan.n_out
         if y.shape[1] != n_out:  # the kernel does not check bounds: check here
             raise ValueError(f"{type(loss).__name__}: y has shape {y.shape} but the "
                              f"prediction has shape {(len(x), n_out)}; they must match "

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from ._checks import as_batch, positive_int
 from .compile_log import compile_notice
-from .loss import MSE
+from .loss import MSE, Loss
 from .optim import SGD, Optimizer
 from .plan import epoch_runner, plan_for
 
@@ -79,14 +79,16 @@ class interrupts_deferred:
 
     def __enter__(self):
         caught = self.caught = []
-        self.active = threading.get_ident() == threading.main_thread().ident and \
-            _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
+        self.active = _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
         if self.active:
             def hold(signum, frame):
                 if caught:
                     raise KeyboardInterrupt
                 caught.append(signum)
-            _signal.signal(_signal.SIGINT, hold)
+            try:
+                _signal.signal(_signal.SIGINT, hold)
+            except ValueError:   # not the main thread: signals are not ours to take
+                self.active = False
         return caught
 
     def __exit__(self, *exc):
@@ -112,21 +114,19 @@ class _NoBar:
         pass
 
 
-_NO_BAR = contextlib.nullcontext(_NoBar())   # holds no state: one for every call
+_NO_PROGRESS = contextlib.nullcontext(_NoBar())   # holds no state: one for every call
 
 
 def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
         verbose, loss_fn, optimizer, comm=None):
-    optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
-    loss = _pick(loss, loss_fn, "loss", "loss_fn", MSE)
-    _instance(optim, "optim", "optim.SGD(lr=0.01)")
-    _instance(loss, "loss", "loss.MSE()")
-    if not callable(optim):
-        raise TypeError(f"train: optim must be an optimizer object such as "
-                        f"optim.SGD(lr=0.1), got {optim!r}")
-    if not callable(loss) or not hasattr(loss, "backward"):
-        raise TypeError(f"train: loss must be a loss object such as loss.MSE(), got {loss!r}")
-    epochs = positive_int(epochs, "train", "epochs")
+    if optim is None or optimizer is not None:
+        optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
+    if loss is None or loss_fn is not None:
+        loss = _pick(loss, loss_fn, "loss", "loss_fn", MSE)
+    if not (isinstance(optim, Optimizer) and isinstance(loss, Loss)):   # both built-in: valid
+        _check_custom(optim, loss)
+    if type(epochs) is not int or epochs < 1:
+        epochs = positive_int(epochs, "train", "epochs")
     if comm is not None:   # all ranks agree on the inputs before anyone can raise alone
         distributed.check_shards(comm, model, x, y, batch_size, validation_data)
         verbose = verbose and comm.Get_rank() == 0
@@ -148,13 +148,13 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     history = model.history = History()  # kept on the model: still there after Ctrl-C
     if validation_data is not None:
         history.history.update(val_loss=[], val_accuracy=[])
+    # The epoch loss per sample: over every rank's rows and steps when distributed.
     if comm is None:
         run_epochs = epoch_runner(model, x, y, batch_size, optim, loss)
+        rows_per_epoch, n_batches = n, -(-n // batch_size)
     else:
         run_epochs = distributed.epoch_runner(model, x, y, batch_size, optim, loss, comm)
-    # The epoch loss per sample: over every rank's rows and steps when distributed.
-    rows_per_epoch = getattr(run_epochs, "rows", n)
-    n_batches = getattr(run_epochs, "steps", -(-n // batch_size))
+        rows_per_epoch, n_batches = run_epochs.rows, run_epochs.steps
     shuffled = shuffle and batch_size < n
     rng = _shuffling_generator(seed) if shuffled else None
     if shuffled and comm is not None:
@@ -166,11 +166,7 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
     most = max(1, min(epochs, 1_000_000 // n)) if shuffled else epochs
     target = 0.1 if verbose else 1.0
     chunk = 1
-    bar_context = tqdm(total=epochs, unit="epoch", desc="train", dynamic_ncols=True) \
-        if verbose else _NO_BAR
-    # A first run compiles the kernels: say so (above the bar) instead of a silent epoch.
-    notice = compile_notice(verbose, write=lambda text: tqdm.write(text, file=sys.stderr))
-    with bar_context as bar, notice:
+    with (_progress(epochs) if verbose else _NO_PROGRESS) as bar:
         while len(history) < epochs:
             with interrupts_deferred() as caught:
                 elapsed = _chunk(model, history, lambda orders: run_epochs(orders, caught),
@@ -179,6 +175,26 @@ def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validati
             if validation_data is None:
                 chunk = int(min(most, max(1, chunk * target / max(elapsed, 1e-6))))
     return history
+
+
+@contextlib.contextmanager
+def _progress(epochs):
+    """The progress bar over epochs, and above it, on a first run, the notice that the
+    kernels are compiling (instead of a silent first epoch)."""
+    with tqdm(total=epochs, unit="epoch", desc="train", dynamic_ncols=True) as bar, \
+            compile_notice(True, write=lambda text: tqdm.write(text, file=sys.stderr)):
+        yield bar
+
+
+def _check_custom(optim, loss):
+    """Refuse an optimizer or loss that cannot train (a class, or no way to call it)."""
+    _instance(optim, "optim", "optim.SGD(lr=0.01)")
+    _instance(loss, "loss", "loss.MSE()")
+    if not callable(optim):
+        raise TypeError(f"train: optim must be an optimizer object such as "
+                        f"optim.SGD(lr=0.1), got {optim!r}")
+    if not callable(loss) or not hasattr(loss, "backward"):
+        raise TypeError(f"train: loss must be a loss object such as loss.MSE(), got {loss!r}")
 
 
 def _shuffling_generator(seed):
@@ -194,18 +210,20 @@ def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per
     """Run up to ``chunk`` epochs and record them (loss per sample, validation, bar);
     returns the seconds the epochs took."""
     count = min(chunk, epochs - len(history))
-    orders = [rng.permutation(n) if shuffled else None for _ in range(count)]
+    orders = [rng.permutation(n) for _ in range(count)] if shuffled else [None] * count
     started = time.perf_counter()
     values = run_epochs(orders)
     elapsed = time.perf_counter() - started
-    finite = list(itertools.takewhile(math.isfinite, values))
+    finite = values if all(map(math.isfinite, values)) else \
+        list(itertools.takewhile(math.isfinite, values))
     history.extend(per_sample(loss, finite, rows_per_epoch, n_batches))
     if len(finite) < len(values):
         raise FloatingPointError(
             f"train: the loss became {values[len(finite)]} at epoch {len(history) + 1} "
             f"(optimizer {optim!r}); training diverged. Lower the learning "
             f"rate, scale the inputs, or use float64")
-    if not values:   # Ctrl-C inside the chunk's first epoch: nothing to record
+    # Ctrl-C inside the chunk's first epoch (nothing to record), or nothing to show or add
+    if not values or not (verbose or validation_data is not None):
         return elapsed
     postfix = {"loss": history[-1]}
     if validation_data is not None:
