@@ -97,6 +97,19 @@ def test_feature_count_not_matching_a_built_linear_names_layer_and_shapes():
                         r"for 4 \(w has shape \(4, 3\)\)", alone, np.ones((2, 7)))
 
 
+def test_after_training_another_input_width_is_refused_by_name_and_trains_nothing():
+    # A trained model has a cached plan; train() then skips build() while the plan fits
+    # the input width. Another width must still reach build()'s named error.
+    net = _built()
+    x, y = _data()
+    net.train(x, y, epochs=1, verbose=False)
+    assert net._plan is not None and net._plan.n_in == 3
+    before = net.params.copy()
+    _raises(ValueError, r"Linear\(6\): input has 5 features but this layer was built for 3",
+            net.train, np.ones((4, 5)), np.ones((4, 2)), verbose=False)
+    np.testing.assert_array_equal(net.params, before)
+
+
 @pytest.mark.parametrize("bad", ["x", "y"])
 def test_validation_data_of_the_wrong_width_is_refused_before_any_training(bad):
     net = _built()
