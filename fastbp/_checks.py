@@ -86,9 +86,17 @@ def as_batch(x, dtype, who, name="x", check_finite=True):
 
 def positive_number(value, who, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
-            or not np.isfinite(value):
+            or not math.isfinite(_as_float(value)):
         raise ValueError(f"{who}: {name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def _as_float(value):
+    """float(value), or inf for an integer too large for a float (10**400)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def unit_interval(value, who, name):

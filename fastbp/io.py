@@ -11,11 +11,13 @@ links), are flushed to disk, then renamed over the target, so a crash mid-save l
 previous file intact; the file gets the mode ``np.save`` would give it.
 """
 import json
+import math
 import numbers
 import os
 import stat
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -97,8 +99,8 @@ def save(model, path, optimizer=None, comm=None):
         meta["optimizer"] = {"type": name, "t": optimizer.t,
                              "hyper": {k: getattr(optimizer, k) for k in _HYPER[name]},
                              "state": {_state_key(k): len(v) for k, v in
-                                       optimizer.state.items()}}
-        for key, slots in optimizer.state.items():
+                                       _saved_state(optimizer).items()}}
+        for key, slots in _saved_state(optimizer).items():
             for j, arr in enumerate(slots):
                 arrays[f"optim.{_state_key(key)}.{j}"] = arr
     arrays["__fastbp__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
@@ -127,11 +129,17 @@ def _save_on_rank0(model, path, optimizer, comm):
 
 
 def _check_optimizer_matches(optimizer, model):
-    """Refuse to save state that belongs to other parameters than ``model``'s."""
+    """Refuse to save state that belongs to other parameters than ``model``'s, or that
+    training ``model`` would refuse."""
+    if optimizer.n_slots == 0:   # SGD: no state (it may serve several models)
+        return
     if optimizer._bound_elsewhere(model):
         raise ValueError(f"save: {optimizer!r} has trained another model ({optimizer.t} "
                          f"steps; its state describes that model's parameters); save the "
                          f"optimizer with its own model")
+    problem = optimizer._flat_mismatch(model.params) if model.params is not None else ""
+    if problem:   # train() would refuse this state: a file must not resume with it
+        raise ValueError(f"save: {optimizer!r}: {problem}")
     flat = optimizer.state.get("flat")
     n_params = sum(layer.n_params for layer in model.layers if isinstance(layer, L.Linear))
     if flat is not None and flat[0].size != n_params:
@@ -145,6 +153,12 @@ def _check_optimizer_matches(optimizer, model):
     if extra:
         raise ValueError(f"save: {optimizer!r} holds state for custom layers ({extra}), "
                          f"which a model file cannot hold")
+
+
+def _saved_state(optimizer):
+    """The state a file keeps: none for an optimizer without state (SGD's placeholder
+    slot is not state)."""
+    return optimizer.state if optimizer.n_slots else {}
 
 
 def _new_file_mode(existing):
@@ -205,7 +219,8 @@ def _open_archive(path):
                              f"starts with {start!r})")
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+            NotImplementedError) as e:   # a corrupted directory can name any compression
         raise ModelFileError(f"{path} is truncated or corrupted ({type(e).__name__}: {e}); "
                              f"it is not a complete fastbp model file") from e
 
@@ -219,7 +234,7 @@ def _entry(zf, name, shape, dtype, path, read=True):
     except KeyError:
         raise _bad(path, f"array {label!r} is missing") from None
     dtype, shape = np.dtype(dtype), tuple(shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize   # Python ints: no wrap-around
     try:
         with zf.open(info) as f:
             major, minor = np.lib.format.read_magic(f)
@@ -245,7 +260,7 @@ def _entry(zf, name, shape, dtype, path, read=True):
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
-            NotImplementedError) as e:  # bad header, CRC, compression, encryption
+            NotImplementedError, zlib.error) as e:  # header, CRC, compression, encryption
         raise _bad(path, f"array {label!r} is truncated or corrupted ({type(e).__name__}: "
                          f"{e})") from e
     if len(raw) != nbytes:
@@ -288,7 +303,8 @@ def _check_layers(meta, path):
 
 def _check_optimizer(saved, path):
     """Validate the optimizer record; returns its state as {key: n_slots}."""
-    if not isinstance(saved, dict) or saved.get("type") not in _OPTIMIZERS:
+    if not isinstance(saved, dict) or not isinstance(saved.get("type"), str) or \
+            saved["type"] not in _OPTIMIZERS:
         kind = saved.get("type") if isinstance(saved, dict) else saved
         raise _bad(path, f"unknown optimizer {kind!r} (known: {', '.join(_OPTIMIZERS)})")
     name = saved["type"]
@@ -304,11 +320,11 @@ def _check_optimizer(saved, path):
                          f"{hyper!r}")
     try:
         _OPTIMIZERS[name](**hyper)
-    except ValueError as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise _bad(path, f"bad {name} hyper-parameters ({e})") from e
     state = saved.get("state")
     n_slots = max(_OPTIMIZERS[name].n_slots, 1)
-    if state not in ({}, {"flat": n_slots}):
+    if state not in ({}, {"flat": n_slots}) or type(state.get("flat", 0)) is not int:
         raise _bad(path, f"{name} state must be {{'flat': {n_slots}}} (or empty), got "
                          f"{state!r}")
     return state
@@ -329,7 +345,7 @@ def _read(path, with_optimizer):
         text = _entry(zf, "__fastbp__.npy", _meta_shape(zf, info, path), np.uint8, path)
         try:
             meta = json.loads(text.tobytes().decode())
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:   # nested too deep
             raise _bad(path, f"the architecture entry is not valid JSON ({e})") from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ModelFileError(f"{path}: not a {FORMAT} file")
@@ -370,7 +386,7 @@ def _meta_shape(zf, info, path):
                 np.lib.format.read_array_header_2_0
             shape, _, dtype = read(f)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
-            NotImplementedError) as e:
+            NotImplementedError, zlib.error) as e:
         raise _bad(path, f"the architecture entry is truncated or corrupted ({e})") from e
     if dtype != np.uint8 or len(shape) != 1 or shape[0] > _MAX_META_BYTES:
         raise _bad(path, f"the architecture entry is {shape} {dtype}, not JSON bytes")

@@ -117,19 +117,29 @@ class Optimizer:
         rebuilt (layers replaced or added) cannot continue with the old moments."""
         if self.n_slots == 0:
             return
-        bound = self._flat() if self._flat is not None else None
-        if bound is params:
-            return
+        problem = self._flat_mismatch(params)
+        if problem:
+            raise ValueError(f"{self!r}: {problem}")
+        self._flat = _weak(params)
+
+    def _flat_mismatch(self, params):
+        """Why the flat state cannot continue on the buffer ``params`` (a message), or
+        "" when it can: it was made for a buffer since rebuilt, or (loaded) it has
+        another size or dtype."""
+        if self._flat is not None and self._flat() is params:
+            return ""
         if self._flat is not None and "flat" in self.state:
-            raise ValueError(f"{self!r}: the model's parameters were rebuilt (its layers "
-                             f"changed) after this optimizer's state was made for them; "
-                             f"make a new optimizer, or call .reset() first")
+            return ("the model's parameters were rebuilt (its layers changed) after this "
+                    "optimizer's state was made for them; make a new optimizer, or call "
+                    ".reset() first")
         slots = self.state.get("flat")
         if slots is not None and slots[0].shape != params.shape:
-            raise ValueError(f"{self!r}: its state is for {slots[0].size} parameters, the "
-                             f"model has {params.size}; load the matching model, or call "
-                             f".reset() first")
-        self._flat = _weak(params)
+            return (f"its state is for {slots[0].size} parameters, the model has "
+                    f"{params.size}; load the matching model, or call .reset() first")
+        if slots is not None and slots[0].dtype != params.dtype:
+            return (f"its state is {slots[0].dtype}, the model is {params.dtype}; load "
+                    f"the state with a model of that dtype, or call .reset() first")
+        return ""
 
     def _update(self, key, p, g, hp):
         s = self._slots(key, p)
@@ -158,9 +168,34 @@ class Optimizer:
 
     def load_state_dict(self, d):
         """Restore ``state_dict()``'s output; the optimizer then belongs to the first
-        model it steps (whose parameters must match the state's shapes)."""
-        self.t = int(d["t"])
-        self.state = {k: [np.array(a) for a in v] for k, v in d["state"].items()}
+        model it steps (whose parameters must match the state's shapes and dtype).
+        Anything else than what ``state_dict`` gives for this optimizer is refused."""
+        who = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(d, dict) or set(d) != {"t", "state"}:
+            raise ValueError(f"{who}: expected a dict with keys 't' and 'state' (as "
+                             f"state_dict() gives), got {d!r:.80}")
+        t, state = d["t"], d["state"]
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+            raise ValueError(f"{who}: t (steps taken) must be an integer >= 0, got {t!r}")
+        if not isinstance(state, dict):
+            raise ValueError(f"{who}: state must be a dict, got {type(state).__name__}")
+        n_slots = max(self.n_slots, 1)
+        loaded = {}
+        for key, slots in state.items():
+            slots = [np.array(a) for a in slots] if isinstance(slots, (list, tuple)) \
+                else None
+            if slots is None or len(slots) != n_slots:
+                raise ValueError(f"{who}: state[{key!r}] must be a list of {n_slots} "
+                                 f"arrays for {type(self).__name__}, got {state[key]!r:.80}")
+            first = slots[0]
+            if first.dtype not in (np.float32, np.float64) or \
+                    (key == "flat" and first.ndim != 1) or \
+                    any(a.shape != first.shape or a.dtype != first.dtype for a in slots):
+                raise ValueError(f"{who}: state[{key!r}] must hold float32 or float64 "
+                                 f"arrays of one shape (1-D for 'flat'), got "
+                                 f"{[(a.shape, a.dtype.name) for a in slots]}")
+            loaded[key] = slots
+        self.t, self.state = int(t), loaded
         self._model = self._flat = None
 
     def __getstate__(self):

@@ -117,8 +117,31 @@ class _NoBar:
 _NO_PROGRESS = contextlib.nullcontext(_NoBar())   # holds no state: one for every call
 
 
-def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
-        verbose, loss_fn, optimizer, comm=None):
+def fit(model, x, y, **options):
+    """Model.train: one training call at a time per model (``_fit`` does the work).
+    Two threads training one model at once would interleave their updates on the same
+    weights and buffers: the second is refused instead."""
+    key = id(model)
+    with _TRAINING_LOCK:
+        if key in _TRAINING:
+            raise RuntimeError(f"train: {type(model).__name__} is already being trained "
+                               f"(by another thread, or by a call this one is inside); "
+                               f"train a model from one thread at a time, and give each "
+                               f"thread its own model")
+        _TRAINING.add(key)
+    try:
+        return _fit(model, x, y, **options)
+    finally:
+        _TRAINING.discard(key)
+
+
+# The ids of the models being trained right now (see fit).
+_TRAINING = set()
+_TRAINING_LOCK = threading.Lock()
+
+
+def _fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
+         verbose, loss_fn, optimizer, comm=None):
     if optim is None or optimizer is not None:
         optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
     if loss is None or loss_fn is not None:

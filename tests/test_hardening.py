@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import zipfile
 
 import numpy as np
@@ -955,3 +956,169 @@ def test_training_that_made_the_loss_worse_warns_and_the_batch_shown_is_effectiv
     code, out, err = _cli(capsys, "train", "spirals", "--quiet", "--epochs", "2",
                           "--batch-size", "100000")
     assert code == 0 and "batch 240," in out and "100000" not in out   # 240 training rows
+
+
+# ====================================== audit 4: files, optimizer state, one model, threads
+
+def _saved_adam(tmp_path):
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    opt = optim.Adam(lr=0.01)
+    m.train(x, y, optim=opt, epochs=2, verbose=False)
+    path = tmp_path / "m.npz"
+    fastbp.save(m, path, opt)
+    return path
+
+
+def _rewritten(path, edit_meta=None, text=None):
+    """A copy of a model file with its architecture JSON edited (or replaced by text)."""
+    with np.load(path) as f:
+        entries = {k: f[k] for k in f.files}
+    meta = json.loads(entries["__fastbp__"].tobytes())
+    if edit_meta is not None:
+        edit_meta(meta)
+    entries["__fastbp__"] = np.frombuffer((text or json.dumps(meta)).encode(), np.uint8)
+    out = path.with_name("edited.npz")
+    np.savez(out, **entries)
+    return out
+
+
+def _set(keys, value):
+    def edit(meta):
+        for key in keys[:-1]:
+            meta = meta[key]
+        meta[keys[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, text", [
+    (_set(["layers", 0, "n_in"], 2 ** 70), None),          # was OverflowError (int64)
+    (_set(["layers", 0, "n_in"], 2 ** 62), None),          # int64 product wrapped to 0
+    (_set(["optimizer", "state"], {"flat": 2.0}), None),    # was TypeError from range()
+    (_set(["optimizer", "hyper", "lr"], 10 ** 400), None),  # was TypeError from isfinite
+    (_set(["optimizer", "type"], ["Adam"]), None),          # was TypeError: unhashable
+    (None, "[" * 100_000 + "]" * 100_000),                   # was RecursionError
+])
+def test_crafted_architecture_entries_raise_model_file_error(tmp_path, edit, text):
+    bad = _rewritten(_saved_adam(tmp_path), edit, text)
+    with pytest.raises(fastbp.ModelFileError, match=str(bad)):
+        fastbp.load_optimizer(bad)
+
+
+def test_a_corrupted_zip_directory_or_compressed_entry_is_a_model_file_error(tmp_path):
+    path = _saved_adam(tmp_path)
+    data_ = bytearray(path.read_bytes())
+    central = data_.rfind(b"PK\x01\x02")
+    data_[central + 6] ^= 0xFF   # "version needed to extract": zipfile's NotImplementedError
+    (tmp_path / "flipped.npz").write_bytes(data_)
+    with pytest.raises(fastbp.ModelFileError, match="corrupted"):
+        fastbp.load(tmp_path / "flipped.npz")
+    with np.load(path) as f:   # the same entries compressed: load reads such files too
+        np.savez_compressed(tmp_path / "z.npz", **{k: f[k] for k in f.files})
+    fastbp.load_optimizer(tmp_path / "z.npz")
+    packed = (tmp_path / "z.npz").read_bytes()
+    head = packed.find(b"PK\x03\x04")
+    start = head + 30 + int.from_bytes(packed[head + 26:head + 28], "little") + \
+        int.from_bytes(packed[head + 28:head + 30], "little")
+    for i in range(start, start + 20):   # each byte of the first deflated stream
+        broken = bytearray(packed)
+        broken[i] ^= 0xFF
+        (tmp_path / "zbad.npz").write_bytes(broken)
+        with pytest.raises(fastbp.ModelFileError):   # was zlib.error for some bytes
+            fastbp.load_optimizer(tmp_path / "zbad.npz")
+
+
+def test_save_refuses_optimizer_state_that_training_would_refuse(tmp_path):
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    opt = optim.Adam(lr=0.01)
+    m.train(x, y, optim=opt, epochs=2, verbose=False)
+    m.layers[2] = _linear(2, 4, 7)   # same shapes, new weights: the moments are stale
+    with pytest.raises(ValueError, match="parameters were rebuilt"):
+        m.train(x, y, optim=opt, epochs=1, verbose=False)
+    with pytest.raises(ValueError, match=r"save: Adam\(.*parameters were rebuilt"):
+        fastbp.save(m, tmp_path / "m.npz", opt)
+    assert not (tmp_path / "m.npz").exists()
+    fastbp.save(m, tmp_path / "m.npz")   # the model alone is fine
+
+
+def test_a_shared_sgd_is_saved_with_either_model_and_resumes_exactly(tmp_path):
+    x, y = _data()
+    sgd = optim.SGD(lr=0.1)
+    a = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    b = layers.Model([_linear(7, 3, 2), layers.Tanh(), _linear(2, 7, 3)])
+    a.train(x, y, optim=sgd, epochs=2, verbose=False)
+    b.train(x, y, optim=sgd, epochs=2, verbose=False)
+    fastbp.save(a, tmp_path / "a.npz", sgd)   # was "holds state for 37 parameters ..."
+    resumed, opt = fastbp.load(tmp_path / "a.npz"), fastbp.load_optimizer(tmp_path / "a.npz")
+    assert (type(opt), opt.lr, opt.t) == (optim.SGD, 0.1, sgd.t)
+    resumed.train(x, y, optim=opt, epochs=3, verbose=False)
+    a.train(x, y, optim=optim.SGD(lr=0.1), epochs=3, verbose=False)
+    np.testing.assert_array_equal(resumed.params, a.params)
+
+
+class _Gate(layers.Layer):
+    """Identity with no parameters; its first forward waits until ``release`` is set."""
+
+    def __init__(self):
+        self.w, self.b = np.zeros((0, 0)), np.zeros(0)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, x):
+        self.entered.set()
+        assert self.release.wait(60)
+        return x
+
+    def backward(self, g):
+        self.w_gradient, self.b_gradient = np.zeros((0, 0)), np.zeros(0)
+        return g
+
+
+def test_one_model_trained_from_two_threads_at_once_is_refused():
+    x, y = _data()
+    gate = _Gate()
+    m = layers.Model([_linear(4, 3, 0), gate, layers.Tanh(), _linear(2, 4, 1)])
+    twin = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    first = threading.Thread(target=m.train, args=(x, y),
+                             kwargs=dict(optim=optim.SGD(lr=0.1), epochs=2, verbose=False))
+    first.start()
+    assert gate.entered.wait(60)   # the first thread is inside train()
+    with pytest.raises(RuntimeError, match="train: Model is already being trained"):
+        m.train(x, y, optim=optim.SGD(lr=0.1), epochs=2, verbose=False)
+    gate.release.set()
+    first.join(60)
+    # the refused call changed nothing: the weights are the first call's alone
+    twin.train(x, y, optim=optim.SGD(lr=0.1), epochs=2, verbose=False)
+    np.testing.assert_allclose(m.params, twin.params, rtol=1e-12)
+    m.train(x, y, optim=optim.SGD(lr=0.1), epochs=1, verbose=False)   # free again
+
+
+def test_load_state_dict_refuses_state_this_optimizer_cannot_continue():
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    opt = optim.Adam(lr=0.01)
+    m.train(x, y, optim=opt, epochs=2, verbose=False)
+    good = opt.state_dict()
+    moments = good["state"]["flat"]
+    for bad, match in [({"t": 2, "state": {"flat": moments[:1]}}, "list of 2 arrays"),
+                       ({"t": -5, "state": {}}, "integer >= 0"),
+                       ({"t": 2.5, "state": {}}, "integer >= 0"),
+                       ({"t": 2, "state": {"flat": [a[:, None] for a in moments]}}, "1-D"),
+                       ({"t": 2, "state": {"flat": [a.astype(int) for a in moments]}},
+                        "float32 or float64"),
+                       ({"t": 2}, "keys 't' and 'state'")]:
+        fresh = optim.Adam(lr=0.01)
+        with pytest.raises(ValueError, match=match):
+            fresh.load_state_dict(bad)
+        assert fresh.t == 0 and fresh.state == {}   # nothing half-loaded
+    # float32 moments for a float64 model: refused at the first step, not zeroed
+    fresh = optim.Adam(lr=0.01)
+    fresh.load_state_dict({"t": 2, "state": {"flat": [a.astype(np.float32) for a in moments]}})
+    with pytest.raises(ValueError, match="its state is float32, the model is float64"):
+        m.train(x, y, optim=fresh, epochs=1, verbose=False)
+
+
+def test_a_learning_rate_too_large_for_a_float_is_a_value_error():
+    assert optim.SGD(lr=2 ** 64).lr == float(2 ** 64)   # was TypeError from np.isfinite
+    with pytest.raises(ValueError, match=r"SGD: lr must be a finite number > 0"):
+        optim.SGD(lr=10 ** 400)
