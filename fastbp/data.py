@@ -6,9 +6,27 @@ import numpy as np
 
 
 def one_hot(labels, n_classes=None):
-    """(N,) integer labels -> (N, n_classes) float64 one-hot rows."""
-    labels = np.asarray(labels, dtype=np.int64)
-    n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    """(N,) class labels, integers in [0, n_classes) -> (N, n_classes) float64 one-hot
+    rows. ``n_classes`` defaults to the largest label + 1. Negative, fractional and
+    too large labels are refused (NumPy indexing would wrap or truncate them)."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"one_hot: labels must be a non-empty 1-D sequence of class "
+                         f"numbers, got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and
+                                        not np.array_equal(arr, np.round(arr))):
+        raise ValueError(f"one_hot: labels must be whole numbers (class 0, 1, ...); the "
+                         f"first are {arr[:5].tolist()}")
+    labels = arr.astype(np.int64)
+    if n_classes is None:
+        n_classes = int(labels.max()) + 1
+    elif isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or \
+            n_classes < 1:
+        raise ValueError(f"one_hot: n_classes must be an integer >= 1, got {n_classes!r}")
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if bad.size:
+        raise ValueError(f"one_hot: label {labels[bad[0]]} at index {bad[0]} is not a class "
+                         f"in [0, {n_classes})")
     return np.eye(n_classes)[labels]
 
 
@@ -23,6 +41,13 @@ def spirals(n_per_class=100, n_classes=3, noise=0.2, seed=0):
 
     Drawn from ``np.random.default_rng(seed)``; the global generator is not touched.
     """
+    for name, value in (("n_per_class", n_per_class), ("n_classes", n_classes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"spirals: {name} must be an integer >= 1, got {value!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.number)) or \
+            not 0 <= noise < np.inf:
+        raise ValueError(f"spirals: noise must be a finite number >= 0 (the standard "
+                         f"deviation of the angle's noise), got {noise!r}")
     rng = np.random.default_rng(seed)
     radius = np.tile(np.linspace(0.0, 1.0, n_per_class), n_classes)
     labels = np.repeat(np.arange(n_classes), n_per_class)
@@ -49,6 +74,9 @@ def digits(test_fraction=0.2):
     y = one_hot(table[:, -1], 10)
     order = np.random.default_rng(20240611).permutation(len(x))
     n_test = int(round(len(x) * test_fraction))
+    if n_test >= len(x):
+        raise ValueError(f"digits: test_fraction={test_fraction!r} holds out all {len(x)} "
+                         f"images and leaves none for training; use a smaller fraction")
     test, train = order[:n_test], order[n_test:]
     return (x[train], y[train]), (x[test], y[test])
 

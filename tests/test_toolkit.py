@@ -296,3 +296,32 @@ def test_data_helpers():
     state = np.random.get_state()[1].copy()
     data.spirals(seed=2)
     np.testing.assert_array_equal(np.random.get_state()[1], state)  # global RNG untouched
+
+
+def test_one_hot_rows_and_its_refusals():
+    np.testing.assert_array_equal(data.one_hot([2, 0, 1, 2]), np.eye(3)[[2, 0, 1, 2]])
+    np.testing.assert_array_equal(data.one_hot(np.array([1.0, 0.0]), 4),
+                                  [[0, 1, 0, 0], [1, 0, 0, 0]])
+    # NumPy indexing wrapped -1 to the last class and truncated 0.7 to 0; now refused
+    for labels, n, match in [([-1, 0], None, "label -1 at index 0 is not a class in"),
+                             ([-1, 0], 3, r"label -1 at index 0 is not a class in \[0, 3\)"),
+                             ([0, 5], 3, r"label 5 at index 1 is not a class in \[0, 3\)"),
+                             ([0.7, 1.9], None, "whole numbers"),
+                             ([], None, "non-empty 1-D"),
+                             ([[0, 1]], None, "non-empty 1-D"),
+                             ([0, 1], 0, "n_classes must be an integer >= 1")]:
+        with pytest.raises(ValueError, match=match):
+            data.one_hot(labels, n)
+
+
+def test_spirals_and_digits_refuse_arguments_that_give_no_usable_data():
+    for kwargs, match in [(dict(noise=float("nan")), "noise must be a finite number >= 0"),
+                          (dict(noise=-1), "noise must be a finite number >= 0"),
+                          (dict(n_per_class=-1), "n_per_class must be an integer >= 1"),
+                          (dict(n_classes=0), "n_classes must be an integer >= 1")]:
+        with pytest.raises(ValueError, match="spirals: " + match):
+            data.spirals(**kwargs)
+    with pytest.raises(ValueError, match="holds out all 1797 images"):
+        data.digits(0.9999)   # in [0, 1), but it left an empty training set
+    (x_train, _), (x_test, _) = data.digits(0.5)
+    assert len(x_train) + len(x_test) == 1797 and len(x_test) == 898
