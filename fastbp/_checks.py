@@ -10,7 +10,10 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def float_dtype(dtype, who):
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:   # NumPy's message does not say whose dtype
+        raise TypeError(f"{who}: dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{who}: dtype must be float32 or float64, got {dtype}")
     return dtype

@@ -104,7 +104,7 @@ def save(model, path, optimizer=None, comm=None):
             for j, arr in enumerate(slots):
                 arrays[f"optim.{_state_key(key)}.{j}"] = arr
     arrays["__fastbp__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    path = os.fspath(path)
+    path = os.fsdecode(path)   # str, bytes or path-like
     _write_atomically(path, arrays)
     return path
 
@@ -402,7 +402,7 @@ def load(path, optimizer=None):
     or unreadable path raises the usual OSError. The model comes back in the dtype it
     was saved in.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)   # str, bytes or path-like
     meta, arrays = _read(path, optimizer is not None)
     dtype = np.dtype(meta["dtype"])
     stack = []
@@ -436,7 +436,7 @@ def _restore_optimizer(optimizer, meta, arrays, path):
 
 def load_optimizer(path):
     """A new optimizer with the hyper-parameters and state saved in ``path``."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)   # str, bytes or path-like
     meta, arrays = _read(path, True)
     saved = meta.get("optimizer")
     if saved is None:

@@ -1,5 +1,7 @@
 """Losses: MSE, CategoricalCrossentropy, BinaryCrossentropy; ``loss(pred, y)`` then
 ``loss.backward()``, each value and gradient computed in one fused kernel pass."""
+import numbers
+
 import numpy as np
 
 from . import kernels as K
@@ -27,7 +29,8 @@ class Loss:
         if reduction not in REDUCTIONS:
             raise ValueError(f"{type(self).__name__}: reduction must be one of {REDUCTIONS}, "
                              f"got {reduction!r}")
-        if eps is not None and not 0 < eps < 0.5:
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+                                or not 0 < eps < 0.5):
             raise ValueError(f"{type(self).__name__}: eps must be in (0, 0.5), got {eps!r}")
         # A Python float: the kernels then compile one signature for any eps given.
         self.reduction, self.eps = reduction, None if eps is None else float(eps)

@@ -1122,3 +1122,15 @@ def test_a_learning_rate_too_large_for_a_float_is_a_value_error():
     assert optim.SGD(lr=2 ** 64).lr == float(2 ** 64)   # was TypeError from np.isfinite
     with pytest.raises(ValueError, match=r"SGD: lr must be a finite number > 0"):
         optim.SGD(lr=10 ** 400)
+
+
+def test_bytes_paths_and_bad_loss_eps_or_model_dtype_get_named_errors(tmp_path):
+    x, y = _data()
+    m = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    path = os.fsencode(tmp_path / "m.npz")
+    fastbp.save(m, path)   # was "Can't mix bytes and non-bytes"; load: no attribute 'seek'
+    np.testing.assert_array_equal(fastbp.load(path).params, m.params)
+    with pytest.raises(ValueError, match=r"SquaredError: eps must be in \(0, 0.5\), got 'x'"):
+        loss.SquaredError(eps="x")   # was a raw '<' TypeError
+    with pytest.raises(TypeError, match="Model: dtype must be float32 or float64, got 'floaty'"):
+        layers.Model([layers.Linear(2)], dtype="floaty")   # was NumPy's message alone
