@@ -6,6 +6,8 @@ shuffling, forward, backward, update, loss) inside ``fastbp.kernels.plan_train``
 every buffer allocated once. Anything custom falls back to the layer-by-layer path,
 which calls the same kernels in the same order, so both give the same numbers.
 """
+import numbers
+
 import numpy as np
 
 from . import kernels as K
@@ -249,7 +251,8 @@ def layerwise_epoch(model, x, y, order, batch_size, optim, loss, stop=()):
         else:
             rows = order[start:start + batch_size]
             xb, yb = x[rows], y[rows]
-        losses.append(loss(model._forward(xb), yb) + _penalty(optim, model, loss, len(xb)))
+        value = _number(loss(model._forward(xb), yb), loss)
+        losses.append(value + _penalty(optim, model, loss, len(xb)))
         optim(model, loss)
         if stop and start + batch_size < n:
             return None
@@ -257,6 +260,16 @@ def layerwise_epoch(model, x, y, order, batch_size, optim, loss, stop=()):
         sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
         return float(np.dot(losses, sizes) / n)
     return float(np.mean(losses))
+
+
+def _number(value, loss):
+    """A batch's loss value: a real number (a one-element real array too), else a
+    TypeError that names the loss (a custom loss returning a string, an array, ...)."""
+    if isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and
+                                           value.size == 1 and value.dtype.kind in "biuf"):
+        return value
+    raise TypeError(f"train: {type(loss).__name__}(pred, y) returned {value!r:.60} "
+                    f"({type(value).__name__}); a loss must return one real number per batch")
 
 
 def _penalty(optim, model, loss, rows):

@@ -1135,3 +1135,26 @@ def test_bytes_paths_and_bad_loss_eps_or_model_dtype_get_named_errors(tmp_path):
         loss.SquaredError(eps="x")   # was a raw '<' TypeError
     with pytest.raises(TypeError, match="Model: dtype must be float32 or float64, got 'floaty'"):
         layers.Model([layers.Linear(2)], dtype="floaty")   # was NumPy's message alone
+
+
+def test_a_custom_loss_that_returns_no_number_is_named():
+    class TextLoss:
+        def __call__(self, pred, y):
+            self.pred, self.y = pred, y
+            return "oops"
+
+        def backward(self):
+            return self.pred - self.y
+
+    class ArrayLoss(TextLoss):
+        def __call__(self, pred, y):
+            super().__call__(pred, y)
+            return np.asarray(0.5 * np.sum((pred - y) ** 2))   # 0-d: a number, accepted
+
+    x, y = _data()
+    m = layers.Model([_linear(2, 3, 0)])
+    with pytest.raises(TypeError, match=r"train: TextLoss\(pred, y\) returned 'oops' \(str\)"):
+        m.train(x, y, optim.SGD(lr=0.01), TextLoss(), epochs=1, verbose=False)
+    history = m.train(x, y, optim.SGD(lr=0.01), ArrayLoss(), epochs=1, verbose=False)
+    pred = x @ _linear(2, 3, 0).w + _linear(2, 3, 0).b   # the weights before the step
+    assert history[0] == pytest.approx(0.5 * np.sum((pred - y) ** 2))
