@@ -117,7 +117,8 @@ class _NoBar:
 _NO_PROGRESS = contextlib.nullcontext(_NoBar())   # holds no state: one for every call
 
 
-def fit(model, x, y, **options):
+def fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
+        verbose, loss_fn, optimizer, comm=None):
     """Model.train: one training call at a time per model (``_fit`` does the work).
     Two threads training one model at once would interleave their updates on the same
     weights and buffers: the second is refused instead."""
@@ -130,7 +131,8 @@ def fit(model, x, y, **options):
                                f"thread its own model")
         _TRAINING.add(key)
     try:
-        return _fit(model, x, y, **options)
+        return _fit(model, x, y, optim, loss, epochs, batch_size, shuffle, seed,
+                    validation_data, verbose, loss_fn, optimizer, comm)
     finally:
         _TRAINING.discard(key)
 
@@ -140,8 +142,8 @@ _TRAINING = set()
 _TRAINING_LOCK = threading.Lock()
 
 
-def _fit(model, x, y, *, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
-         verbose, loss_fn, optimizer, comm=None):
+def _fit(model, x, y, optim, loss, epochs, batch_size, shuffle, seed, validation_data,
+         verbose, loss_fn, optimizer, comm):
     if optim is None or optimizer is not None:
         optim = _pick(optim, optimizer, "optim", "optimizer", SGD)
     if loss is None or loss_fn is not None:
