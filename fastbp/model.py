@@ -9,12 +9,13 @@ import threading
 import weakref
 from itertools import repeat
 from operator import attrgetter, is_
+from sys import getrefcount
 
 import numpy as np
 
 from . import training
 from ._checks import as_batch, float_dtype
-from .modules import BuiltinActivation, Linear
+from .modules import _OWN_REFS, BuiltinActivation, Linear
 from .pairs import fused_gradient
 
 __all__ = ["Model"]
@@ -109,6 +110,29 @@ class Model:
             self.params = self.grads = None
             self._plan = None
             self._flatten()
+
+    def _renew_grads(self):
+        """Move the flat gradient buffer to new storage (a copy), for a caller that holds
+        a layer's gradient arrays from before (see Linear._keep_held_gradients); the
+        layers of the buffer are those of its last _flatten."""
+        grads = self.grads.copy()
+        start = 0
+        for layer in self._seen_linear:
+            stop = start + layer.n_params
+            layer._bind_gradients(grads[start:stop])
+            start = stop
+        self.grads = grads
+
+    def _keep_held_gradients(self):
+        """Before a compiled step writes the flat gradient buffer: the same as
+        Linear._keep_held_gradients, for every built-in Linear at once. Not for a
+        buffer that is a view of another (MPI's exchange buffer, summed in place)."""
+        if self.grads is None or self.grads.base is not None:
+            return
+        for layer in self._seen_linear:
+            if getrefcount(layer._dw) > _OWN_REFS or getrefcount(layer._db) > _OWN_REFS:
+                self._renew_grads()
+                return
 
     def __repr__(self):
         return f"Model({self.layers!r}, dtype={self.dtype.name})"

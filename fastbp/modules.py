@@ -4,12 +4,18 @@ Each is called as ``layer(x)`` and ``layer.backward(grad)``, as in the from-scra
 the built-in ones run fastbp's fused kernels. They know nothing of models, losses or
 optimizers (``fastbp.model`` stacks them; ``fastbp.layers`` is the public facade).
 """
+from sys import getrefcount
+
 import numpy as np
 
 from . import kernels as K
 from ._checks import (as_batch, float_dtype, grad_like, input_dtype, positive_int,
                       require_forward)
 from .reference.modules import INITS, initial_weights
+
+# References to a layer's gradient array when only the layer holds it: its attribute and
+# getrefcount's own argument.
+_OWN_REFS = 2
 
 __all__ = ["Layer", "Activation", "Linear", "Relu", "Sigmoid", "Tanh", "Softmax", "Identity"]
 
@@ -110,7 +116,27 @@ class Linear(Layer):
         """Point w, b, w_gradient, b_gradient at slices of flat (params, grads) buffers."""
         k = self.n_in * self.units
         self._w, self._b = params[:k].reshape(self.n_in, self.units), params[k:]
+        self._bind_gradients(grads)
+
+    def _bind_gradients(self, grads):
+        k = self.n_in * self.units
         self._dw, self._db = grads[:k].reshape(self.n_in, self.units), grads[k:]
+
+    def _keep_held_gradients(self):
+        """Before a backward overwrites w_gradient and b_gradient: when a caller still
+        holds the arrays of the last backward (``saved.append(layer.w_gradient)``, a sum
+        over batches), give the layer new storage, so that those arrays keep their values,
+        as the original's fresh arrays did. Inside a model the whole flat gradient buffer
+        moves (a copy: the other layers keep theirs)."""
+        if getrefcount(self._dw) <= _OWN_REFS and getrefcount(self._db) <= _OWN_REFS:
+            return   # nobody else holds them: overwrite in place
+        owner = self._owner() if self._owner is not None else None
+        if owner is None or owner.grads is None:   # the layer's own arrays
+            self._dw, self._db = self._dw.copy(), self._db.copy()
+        elif self._db.base is owner.grads:
+            owner._renew_grads()
+        # else the model's buffer is a view of another (MPI's exchange buffer, which the
+        # allreduce sums in place): it stays where it is, and so do the layer's views
 
     def allocate(self, n_in, dtype=None):
         """Make (uninitialised) storage for ``n_in`` input features; draws nothing."""
@@ -172,8 +198,17 @@ class Linear(Layer):
         grad = grad_like(grad, (self.input.shape[0], self.units), self.dtype,
                           f"Linear({self.units})")
         dx = np.empty_like(self.input) if input_gradient else self.input[:0]
+        self._keep_held_gradients()
         K.linear_backward(dx, self._dw, self._db, grad, self.input, self._w, input_gradient)
         return dx if input_gradient else None
+
+    def __getstate__(self):
+        """Copies (copy.deepcopy, pickle) belong to no model: a weak reference to the
+        original's model cannot be pickled, and copied, it would make the copied model
+        refuse its own layers. The model that holds the copy adopts it on its next call."""
+        state = dict(self.__dict__)
+        state["_owner"] = None
+        return state
 
     def __repr__(self):
         return f"Linear({self.units})"

@@ -105,6 +105,7 @@ class Plan:
         when it becomes truthy (Ctrl-C), large models stop after the running step and the
         completed epochs are returned."""
         self.mean, self.eps = mean, eps
+        self.model._keep_held_gradients()   # gradient arrays a caller kept stay as they are
         decay = getattr(optim, "weight_decay", 0.0)
         if self.by_steps:
             return self._train_by_steps(x, y, orders, loss_code, optim, stop)
@@ -180,6 +181,7 @@ class Plan:
         """Gradients of the batch x[rows], y[rows] into ``model.grads``, no update;
         returns the batch loss. rows: int64 indices, at most ``batch`` of them. ``decay``:
         L2 on the weights, in the loss and the gradients (see plan_train)."""
+        self.model._keep_held_gradients()
         losses = np.empty(1)
         rows = np.ascontiguousarray(rows, dtype=np.int64)[None, :]
         self._plan_train(x, y, rows, loss_code, None, losses, self._no_output,

@@ -1158,3 +1158,62 @@ def test_a_custom_loss_that_returns_no_number_is_named():
     history = m.train(x, y, optim.SGD(lr=0.01), ArrayLoss(), epochs=1, verbose=False)
     pred = x @ _linear(2, 3, 0).w + _linear(2, 3, 0).b   # the weights before the step
     assert history[0] == pytest.approx(0.5 * np.sum((pred - y) ** 2))
+
+
+# ==================================== audit 5: the from-scratch user's scripts, drop-in
+
+def test_gradients_a_caller_keeps_are_not_overwritten_by_the_next_backward():
+    """The original made new gradient arrays on every backward; scripts that sum them over
+    batches or keep them in a list rely on that (fastbp's are views into one buffer)."""
+    x, y = _data(n=6)
+    sums, kept = [], []
+    for lib_layers, lib_loss in ((layers, loss), (R, RL)):
+        rng = np.random.default_rng(3)
+        net = lib_layers.Model([lib_layers.Linear(4, init="he", rng=rng), lib_layers.Tanh(),
+                                lib_layers.Linear(2, init="he", rng=rng)])
+        mse, total, saved = lib_loss.MSE(), None, []
+        for i in range(3):   # by hand, one row at a time, as the series' scripts do
+            mse(net(x[i:i + 1]), y[i:i + 1])
+            g = mse.backward()
+            for layer in reversed(net.layers):
+                g = layer.backward(g)
+            dw = net.layers[0].w_gradient
+            total = dw if total is None else total + dw
+            saved.append(net.layers[2].b_gradient)
+        sums.append(total)
+        kept.append(saved)
+    np.testing.assert_allclose(sums[0], sums[1], rtol=1e-12)   # was 2 g1 + g2 + ... off
+    for got, want in zip(*kept):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert not np.allclose(kept[0][0], kept[0][2])   # three different rows' gradients
+    # train() keeps them too, and the optimizer still reads the current ones
+    net = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    twin = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1)])
+    net.train(x, y, optim.Adam(lr=0.01), epochs=1, verbose=False)
+    held = net.layers[0].w_gradient
+    before = held.copy()
+    net.train(x, y, optim.Adam(lr=0.01), epochs=2, verbose=False)
+    np.testing.assert_array_equal(held, before)
+    twin.train(x, y, optim.Adam(lr=0.01), epochs=1, verbose=False)
+    twin.train(x, y, optim.Adam(lr=0.01), epochs=2, verbose=False)
+    np.testing.assert_array_equal(net.params, twin.params)
+    np.testing.assert_array_equal(net.layers[0].w_gradient, twin.layers[0].w_gradient)
+
+
+def test_a_trained_model_deep_copies_and_pickles_into_an_independent_model():
+    import copy
+    import pickle
+    x, y = _data()
+    net = layers.Model([_linear(4, 3, 0), layers.Tanh(), _linear(2, 4, 1), layers.Softmax()])
+    net.train(x, y, optim.SGD(lr=0.1), loss.CategoricalCrossentropy(), epochs=3,
+              verbose=False)
+    best = copy.deepcopy(net)   # the copy was refused: "already belongs to another Model"
+    thawed = pickle.loads(pickle.dumps(net))   # was: cannot pickle 'weakref.ReferenceType'
+    expected = net.predict(x)
+    for twin in (best, thawed):
+        np.testing.assert_array_equal(twin.predict(x), expected)
+        twin.train(x, y, optim.SGD(lr=0.1), loss.CategoricalCrossentropy(), epochs=2,
+                   verbose=False)
+    np.testing.assert_array_equal(net.predict(x), expected)   # the original is untouched
+    np.testing.assert_array_equal(best.predict(x), thawed.predict(x))
+    assert not np.array_equal(best.predict(x), expected)
