@@ -96,11 +96,12 @@ def save(model, path, optimizer=None, comm=None):
         if name not in _OPTIMIZERS:
             raise TypeError(f"save: only built-in optimizers can be saved, got {name}")
         _check_optimizer_matches(optimizer, model)
+        # SGD's placeholder slot is not state: an optimizer without state saves none
+        state = optimizer.state if optimizer.n_slots else {}
         meta["optimizer"] = {"type": name, "t": optimizer.t,
                              "hyper": {k: getattr(optimizer, k) for k in _HYPER[name]},
-                             "state": {_state_key(k): len(v) for k, v in
-                                       _saved_state(optimizer).items()}}
-        for key, slots in _saved_state(optimizer).items():
+                             "state": {_state_key(k): len(v) for k, v in state.items()}}
+        for key, slots in state.items():
             for j, arr in enumerate(slots):
                 arrays[f"optim.{_state_key(key)}.{j}"] = arr
     arrays["__fastbp__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
@@ -153,12 +154,6 @@ def _check_optimizer_matches(optimizer, model):
     if extra:
         raise ValueError(f"save: {optimizer!r} holds state for custom layers ({extra}), "
                          f"which a model file cannot hold")
-
-
-def _saved_state(optimizer):
-    """The state a file keeps: none for an optimizer without state (SGD's placeholder
-    slot is not state)."""
-    return optimizer.state if optimizer.n_slots else {}
 
 
 def _new_file_mode(existing):

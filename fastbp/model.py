@@ -9,13 +9,12 @@ import threading
 import weakref
 from itertools import repeat
 from operator import attrgetter, is_
-from sys import getrefcount
 
 import numpy as np
 
 from . import training
 from ._checks import as_batch, float_dtype
-from .modules import _OWN_REFS, BuiltinActivation, Linear
+from .modules import BuiltinActivation, Linear
 from .pairs import fused_gradient
 
 __all__ = ["Model"]
@@ -130,7 +129,7 @@ class Model:
         if self.grads is None or self.grads.base is not None:
             return
         for layer in self._seen_linear:
-            if getrefcount(layer._dw) > _OWN_REFS or getrefcount(layer._db) > _OWN_REFS:
+            if layer._gradients_held():
                 self._renew_grads()
                 return
 
@@ -161,6 +160,13 @@ class Model:
         order (as the first forward would), and gather them into the flat buffers. With a
         custom layer in the stack, widths are unknown until it runs: the first forward
         builds the layers instead."""
+        self._sync()
+        plan = self._plan
+        if plan is not None and plan.n_in == n_features:
+            # _sync found layers and buffers as the plan was made for them (else it drops
+            # the plan): every Linear is built, in the buffer, for these widths. A repeated
+            # train or predict call skips the lock and the walk over the layers.
+            return
         with _BUILD_LOCK:
             self._sync()
             self._build(n_features)

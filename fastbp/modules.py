@@ -122,13 +122,17 @@ class Linear(Layer):
         k = self.n_in * self.units
         self._dw, self._db = grads[:k].reshape(self.n_in, self.units), grads[k:]
 
+    def _gradients_held(self):
+        """Whether anything but this layer holds its gradient arrays."""
+        return getrefcount(self._dw) > _OWN_REFS or getrefcount(self._db) > _OWN_REFS
+
     def _keep_held_gradients(self):
         """Before a backward overwrites w_gradient and b_gradient: when a caller still
         holds the arrays of the last backward (``saved.append(layer.w_gradient)``, a sum
         over batches), give the layer new storage, so that those arrays keep their values,
         as the original's fresh arrays did. Inside a model the whole flat gradient buffer
         moves (a copy: the other layers keep theirs)."""
-        if getrefcount(self._dw) <= _OWN_REFS and getrefcount(self._db) <= _OWN_REFS:
+        if not self._gradients_held():
             return   # nobody else holds them: overwrite in place
         owner = self._owner() if self._owner is not None else None
         if owner is None or owner.grads is None:   # the layer's own arrays

@@ -105,10 +105,10 @@ class Plan:
         when it becomes truthy (Ctrl-C), large models stop after the running step and the
         completed epochs are returned."""
         self.mean, self.eps = mean, eps
-        self.model._keep_held_gradients()   # gradient arrays a caller kept stay as they are
         decay = getattr(optim, "weight_decay", 0.0)
         if self.by_steps:
             return self._train_by_steps(x, y, orders, loss_code, optim, stop)
+        self.model._keep_held_gradients()   # gradient arrays a caller kept stay as they are
         # The tiny kernel has no weight decay nor mean reduction (scikit-learn's options).
         kernel = self._tiny_train if self.tiny and not (decay or mean) else self._plan_train
         done, losses = kernel(x, y, _order_array(orders), loss_code, optim,
@@ -230,17 +230,6 @@ def plan_for(model, batch):
     return model._plan
 
 
-def _build(model, n_features):
-    """``model.build(n_features)``, which a model that has a current plan for inputs of
-    ``n_features`` columns does not need: ``_sync`` finds its layers and buffers
-    unchanged, so every Linear is built, in the buffer, for the widths the plan was made
-    for (a repeated ``train`` call skips the lock and the walk over the layers)."""
-    model._sync()
-    plan = getattr(model, "_plan", None)
-    if plan is None or plan.n_in != n_features or plan.params is not model.params:
-        model.build(n_features)
-
-
 def layerwise_epoch(model, x, y, order, batch_size, optim, loss, stop=()):
     """One epoch, layer by layer (any layers, loss and optimizer); returns the mean loss,
     or None when ``stop`` became truthy (Ctrl-C) before the epoch ended."""
@@ -285,7 +274,7 @@ def _penalty(optim, model, loss, rows):
 
 def epoch_runner(model, x, y, batch_size, optim, loss):
     """A function: list of row orders (one per epoch; None = natural) -> epoch losses."""
-    _build(model, x.shape[1])
+    model.build(x.shape[1])
     plan = plan_for(model, batch_size) if type(optim) in _OPTIMIZERS else None
     code = _loss_code(loss, model.layers[-1]) if plan is not None else None
     if plan is not None and code is not None:
