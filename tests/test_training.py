@@ -112,13 +112,19 @@ def test_train_returns_loss_history_and_accepts_int_inputs():
     np.testing.assert_allclose(hist, ref.train(XOR_X, XOR_Y, epochs=3), rtol=1e-12)
 
 
-def test_import_compiles_no_kernel(tmp_path):
-    code = ("import fastbp, fastbp.kernels as K\n"
+def test_import_compiles_no_kernel_and_loads_no_progress_bar(tmp_path):
+    """No kernel compiles at import; tqdm is imported by the first bar (a run with
+    verbose=False never pays for it), as its console bar here, without asyncio."""
+    code = ("import sys, fastbp, fastbp.kernels as K\n"
             "from numba.core.registry import CPUDispatcher\n"
             "from fastbp.kernels import nn\n"
             "d = [v for v in vars(nn).values() if isinstance(v, CPUDispatcher)]\n"
             "assert len(d) > 10, d\n"
-            "print(sum(len(f.signatures) for f in d))\n")
+            "print(sum(len(f.signatures) for f in d))\n"
+            "print('tqdm' in sys.modules)\n"
+            "import tqdm.std, fastbp.training\n"
+            "bar = fastbp.training._tqdm()\n"
+            "print(bar is tqdm.std.tqdm, 'asyncio' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=tmp_path)
-    assert out.stdout.strip() == "0"
+    assert out.stdout.split("\n")[:3] == ["0", "False", "True False"]
