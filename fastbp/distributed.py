@@ -23,6 +23,7 @@ a full compilation into every run; one Python call per step costs microseconds a
 steps of milliseconds. mpi4py is imported here only when a communicator is given.
 """
 import contextlib
+import math
 import sys
 import time
 import traceback
@@ -288,6 +289,9 @@ def epoch_runner(model, x, y, batch_size, optim, loss, comm):
                     rows = order[s * batch_size:(s + 1) * batch_size]
                     value, n_union = exchange.sum(batch_gradient(rows), len(rows))
                     penalty = optim.penalty(model) if decay else 0.0   # at the weights used
+                    if not math.isfinite(value + penalty):   # the same on every rank:
+                        values.append(value + penalty)       # no step on a NaN / Inf loss
+                        return values
                     if decay or mean:
                         _regularize(model, decay, n_union if mean else 1)
                     optim.step(model)

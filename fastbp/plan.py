@@ -6,6 +6,7 @@ shuffling, forward, backward, update, loss) inside ``fastbp.kernels.plan_train``
 every buffer allocated once. Anything custom falls back to the layer-by-layer path,
 which calls the same kernels in the same order, so both give the same numbers.
 """
+import math
 import numbers
 
 import numpy as np
@@ -111,29 +112,32 @@ class Plan:
         self.model._keep_held_gradients()   # gradient arrays a caller kept stay as they are
         # The tiny kernel has no weight decay nor mean reduction (scikit-learn's options).
         kernel = self._tiny_train if self.tiny and not (decay or mean) else self._plan_train
+        # The kernel counts the steps it takes: none on a NaN or Inf loss.
+        step = None if optim is None else np.array([float(optim.t)])
         done, losses = kernel(x, y, _order_array(orders), loss_code, optim,
-                              np.empty(len(orders)), self._no_output)
+                              np.empty(len(orders)), self._no_output, step=step)
         if optim is not None:
-            optim.t += done * (-(-len(x) // self.batch))
+            optim.t = int(step[0])
         return losses[:done].tolist()
 
-    def _kernel_args(self, loss_code, optim, acts=None):
-        """The arguments shared by every call of plan_train / tiny_train."""
+    def _kernel_args(self, loss_code, optim, acts=None, step=None):
+        """The arguments shared by every call of plan_train / tiny_train. ``step``: the
+        optimizer's step count in a 1-element array the kernel updates (train only)."""
         model = self.model
         acts = self.acts if acts is None else acts
         eps = self.default_eps if self.eps is None else float(self.eps)
         if optim is None:    # gradient or predict: no step is taken, no state is read
-            code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], _NO_HYPER, 0.0
+            code, s1, s2, hp, step = 0, model.params[:0], model.params[:0], _NO_HYPER, \
+                _NO_STEP
         else:
             slots = optim._slots("flat", model.params)
-            code, s1, s2, hp, t = (optim.code, slots[0], slots[-1], optim.hyper(),
-                                   float(optim.t))
+            code, s1, s2, hp = optim.code, slots[0], slots[-1], optim.hyper()
         return (self.spec, self.a_off, model.params, model.grads), \
-            (self.batch, loss_code, eps, code, s1, s2, hp, t, acts, self.g1, self.g2)
+            (self.batch, loss_code, eps, code, s1, s2, hp, step, acts, self.g1, self.g2)
 
     def _plan_train(self, x, y, orders, loss_code, optim, losses, out, mode=K.nn.TRAIN,
-                    acts=None, xb=None, decay=None):
-        head, tail = self._kernel_args(loss_code, optim, acts)
+                    acts=None, xb=None, decay=None, step=None):
+        head, tail = self._kernel_args(loss_code, optim, acts, step)
         xb = self.xb if xb is None else xb
         if decay is None:
             decay = getattr(optim, "weight_decay", 0.0) if mode == K.nn.TRAIN else 0.0
@@ -141,14 +145,14 @@ class Plan:
                 bool(self.mean))
         return K.ahead.call("plan", K.plan_train, args), losses
 
-    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None):
+    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None, step=None):
         if acts is None:
             acts, views = self.tiny_acts, self.tiny_views
         else:   # predict's own buffer
             n_out, last = self.n_out, int(self.tiny_a_off[-1])
             views = (acts[last:last + self.batch * n_out].reshape(self.batch, n_out),) + \
                 self.tiny_views[1:]
-        (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts)
+        (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts, step)
         args = (spec, self.tiny_a_off, params, grads, x, y, orders, *tail, *views, losses,
                 out)
         return K.ahead.call("tiny", K.tiny_train, args), losses
@@ -167,6 +171,8 @@ class Plan:
                 total += self.gradient(x, y, order[lo:lo + self.batch], loss_code,
                                        getattr(optim, "weight_decay", 0.0))
                 n_batches += 1
+                if not math.isfinite(total):   # no step on a NaN / Inf loss (as plan_train)
+                    return losses + [total]
                 optim.t += 1
                 K.optim_update(optim.code, model.params, model.grads, slots[0], slots[-1],
                                optim.hyper())
@@ -204,6 +210,7 @@ class Plan:
 
 
 _NO_HYPER = np.zeros(6)
+_NO_STEP = np.zeros(1)   # read by no kernel: gradient and predict take no step
 _NATURAL = np.empty((1, 0), np.int64)   # "no row order": the rows as they come
 
 
@@ -244,6 +251,8 @@ def layerwise_epoch(model, x, y, order, batch_size, optim, loss, stop=()):
             xb, yb = x[rows], y[rows]
         value = _number(loss(model._forward(xb), yb), loss)
         losses.append(value + _penalty(optim, model, loss, len(xb)))
+        if not np.isfinite(losses[-1]).all():   # no step on a NaN / Inf loss (as the plan)
+            return float(np.sum(losses[-1]))
         optim(model, loss)
         if stop and start + batch_size < n:
             return None

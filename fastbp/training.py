@@ -191,12 +191,13 @@ def _fit(model, x, y, optim, loss, epochs, batch_size, shuffle, seed, validation
     most = max(1, min(epochs, 1_000_000 // n)) if shuffled else epochs
     target = 0.1 if verbose else 1.0
     chunk = 1
+    t_start = getattr(optim, "t", None)   # no step taken yet: see _diverged
     with (_progress(epochs) if verbose else _NO_PROGRESS) as bar:
         while len(history) < epochs:
             with interrupts_deferred() as caught:
                 elapsed = _chunk(model, history, lambda orders: run_epochs(orders, caught),
                                  chunk, epochs, shuffled, rng, n, rows_per_epoch, n_batches,
-                                 optim, loss, validation_data, bar, verbose)
+                                 optim, loss, validation_data, bar, verbose, t_start)
             if validation_data is None:
                 chunk = int(min(most, max(1, chunk * target / max(elapsed, 1e-6))))
     return history
@@ -244,7 +245,7 @@ def _shuffling_generator(seed):
 
 
 def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per_epoch,
-           n_batches, optim, loss, validation_data, bar, verbose):
+           n_batches, optim, loss, validation_data, bar, verbose, t_start):
     """Run up to ``chunk`` epochs and record them (loss per sample, validation, bar);
     returns the seconds the epochs took."""
     count = min(chunk, epochs - len(history))
@@ -256,10 +257,7 @@ def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per
         list(itertools.takewhile(math.isfinite, values))
     history.extend(per_sample(loss, finite, rows_per_epoch, n_batches))
     if len(finite) < len(values):
-        raise FloatingPointError(
-            f"train: the loss became {values[len(finite)]} at epoch {len(history) + 1} "
-            f"(optimizer {optim!r}); training diverged. Lower the learning "
-            f"rate, scale the inputs, or use float64")
+        _diverged(model, values[len(finite)], len(history) + 1, optim, t_start)
     # Ctrl-C inside the chunk's first epoch (nothing to record), or nothing to show or add
     if not values or not (verbose or validation_data is not None):
         return elapsed
@@ -274,6 +272,23 @@ def _chunk(model, history, run_epochs, chunk, epochs, shuffled, rng, n, rows_per
         bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
     bar.update(len(values))
     return elapsed
+
+
+def _diverged(model, value, epoch, optim, t_start):
+    """The FloatingPointError of a NaN or Inf loss. Every path stops before the step
+    whose loss that is, so the weights are those the loss was computed at; when no step
+    was taken at all, the learning rate cannot be the cause."""
+    if t_start is not None and getattr(optim, "t", None) == t_start:
+        raise FloatingPointError(
+            f"train: the loss is {value} at the weights train started from (epoch "
+            f"{epoch}, before any update), so nothing was changed; this is not a "
+            f"learning-rate problem. Check x and y for values whose squares overflow "
+            f"{model.dtype} (max {np.finfo(model.dtype).max:.3g}), and the loss's eps")
+    wider = ", or use float64" if model.dtype == np.float32 else ""
+    raise FloatingPointError(
+        f"train: the loss became {value} at epoch {epoch} (optimizer {optim!r}); training "
+        f"diverged. The step with that loss was not taken: the weights are those of the "
+        f"step before. Lower the learning rate, scale the inputs{wider}")
 
 
 def predict(model, x, batch_size=None):

@@ -406,6 +406,8 @@ def _loss_rows(code, dpred, pred, y, eps, lo, hi):
                 p = max(pred[i, j], eps)
                 if y[i, j] != 0:
                     total -= y[i, j] * np.log(p)
+                elif not pred[i, j] < np.inf:   # NaN or +inf: 0 * log(p) is NaN
+                    total += 0.0 * pred[i, j]
                 dpred[i, j] = -y[i, j] / p
         elif code == BCE:
             for j in range(n_out):
@@ -419,6 +421,8 @@ def _loss_rows(code, dpred, pred, y, eps, lo, hi):
                 ysum += y[i, j]
                 if y[i, j] != 0:
                     total -= y[i, j] * np.log(max(pred[i, j], eps))
+                elif not pred[i, j] < np.inf:   # as CCE
+                    total += 0.0 * pred[i, j]
             for j in range(n_out):
                 dpred[i, j] = pred[i, j] * ysum - y[i, j]
         elif code == HALF_SE:
@@ -658,13 +662,15 @@ def _gather_rows(xin, yin, x, y, order, lo):
 
 @njit(**SERIAL)
 def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
-               opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
+               opt_code, s1, s2, hp, step, acts, g1, g2, xb, yb, losses, out, decay, mean):
     """The compiled plan; returns the number of epochs run (TRAIN), else 0.
 
-    TRAIN: train len(losses) epochs, losses[e] = mean batch loss of epoch e; stops after
-    the first epoch whose loss is NaN or Inf. orders: (epochs, N) row order per epoch, or
-    (1, 0) for the natural order. hp = (lr, a, b, eps) of the optimizer (see
-    optim_update); t = optimizer steps taken before.
+    TRAIN: train len(losses) epochs, losses[e] = mean batch loss of epoch e. A batch
+    whose loss makes the epoch's sum NaN or Inf is not stepped on: training stops before
+    its update, with losses[e] that NaN or Inf (the weights, the optimizer's state and
+    its step count stay those the loss was computed at). orders: (epochs, N) row order
+    per epoch, or (1, 0) for the natural order. hp = (lr, a, b, eps) of the optimizer
+    (see optim_update); step[0] = optimizer steps taken before, and after on return.
     GRADIENT: the gradients of the batch x[orders[0]], y[orders[0]] into ``grads``, no
     update (a caller can combine several batches' gradients first); losses[0] = its loss.
     PREDICT: out = model(x), ``batch`` rows at a time.
@@ -690,6 +696,7 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
         return 0
     fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
     step_hp = _step_hyper(hp)
+    t = step[0]
     n_epochs = 1 if mode == GRADIENT else losses.shape[0]
     for e in range(n_epochs):
         order = orders[min(e, orders.shape[0] - 1)]
@@ -715,6 +722,9 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
             if decay != 0.0:
                 total += 0.5 * decay * weight_square_sum(spec, params)
             n_batches += 1
+            if mode == TRAIN and not np.isfinite(total):   # no step on a NaN / Inf loss
+                losses[e] = total
+                return e + 1
             # backward, last block to first; d = dL/d(output of block k)
             use_g1 = True
             for k in range(n_blocks - 1, -1, -1):
@@ -742,6 +752,7 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
                 losses[0] = total
                 return 0
             t += 1.0
+            step[0] = t
             _bias_terms(step_hp, hp, t, opt_code)
             _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
         losses[e] = total / n if mean else total / n_batches
@@ -874,18 +885,20 @@ def _tiny_backward(spec, a_off, params, grads, rows, acts, d, nxt, fused):
 
 @njit(**SERIAL)
 def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
-               s1, s2, hp, t, acts, g1, g2, pred, dpred, yb, losses, out):
+               s1, s2, hp, step, acts, g1, g2, pred, dpred, yb, losses, out):
     """plan_train and plan_predict for tiny networks (see above), in one function so that
     a first run compiles one kernel. Trains len(losses) epochs (the natural order is
     orders of shape (1, 0)), then, when ``out`` has rows, writes model(x) into it.
     ``acts`` holds the batch's input rows at 0 and block k's output at a_off[k] (so
     a_off[0] >= batch * I_0).
     pred, dpred, yb: (batch, O_last) views of the last block's output in ``acts``, of
-    ``g1``, and a buffer for the batch's targets. Returns the number of epochs run."""
+    ``g1``, and a buffer for the batch's targets. Returns the number of epochs run; as
+    plan_train, no step is taken on a NaN or Inf loss, and step[0] counts the steps."""
     n = x.shape[0]
     n_out = pred.shape[1]
     fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
     step_hp = _step_hyper(hp)
+    t = step[0]
     for e in range(losses.shape[0]):
         order = orders[min(e, orders.shape[0] - 1)]   # (1, 0) orders: natural order
         total = 0.0
@@ -903,8 +916,12 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
                                     min(rows, (c + 1) * ROWS_PER_CHUNK))
             total += _loss_value(loss_code, value, rows, n_out)
             n_batches += 1
+            if not np.isfinite(total):   # no step on a NaN / Inf loss
+                losses[e] = total
+                return e + 1
             _tiny_backward(spec, a_off, params, grads, rows, acts, g1, g2, fused)
             t += 1.0
+            step[0] = t
             _bias_terms(step_hp, hp, t, opt_code)
             _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
         losses[e] = total / n_batches
@@ -933,7 +950,7 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
 
 @njit(**dict(SERIAL, cache=False))
 def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
-              opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
+              opt_code, s1, s2, hp, step, acts, g1, g2, xb, yb, losses, out, decay, mean):
     """plan_train's last callees: _loss_rows, then from _update_range backwards; then
     loss_forward_backward, which validation calls after an epoch."""
     if batch >= 0:
@@ -942,7 +959,7 @@ def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, 
     n_out = out.shape[1]
     step_hp = _step_hyper(hp)
     rows = min(n, batch)
-    t += 1.0
+    t = step[0] + 1.0
     d = _view(g1, _START, rows, n_out)
     if x.shape[0] == 0:
         xin, yin = x[0:rows], y[0:rows]
@@ -974,14 +991,14 @@ def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, 
 
 @njit(**dict(SERIAL, cache=False))
 def tiny_tail(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
-              s1, s2, hp, t, acts, g1, g2, pred, dpred, yb, losses, out):
+              s1, s2, hp, step, acts, g1, g2, pred, dpred, yb, losses, out):
     """tiny_train's last callees, from _update_range backwards (see above)."""
     if batch >= 0:
         return 0
     rows = min(x.shape[0], batch)
     fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
     step_hp = _step_hyper(hp)
-    t += 1.0
+    t = step[0] + 1.0
     _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
     _bias_terms(step_hp, hp, t, opt_code)
     _tiny_backward(spec, a_off, params, grads, rows, acts, g1, g2, fused)

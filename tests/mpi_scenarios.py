@@ -130,6 +130,34 @@ def compare(name, kind, opt_name, sizes, batch, custom=False, validation=False,
     return result
 
 
+def diverged(custom):
+    """SGD at lr = 1e100 (MSE, batch 4) overflows within a few steps: every rank stops
+    before the step whose union loss is not finite, as one process does on the union."""
+    all_shards = shards([12] * SIZE, "mse")
+    x, y = all_shards[RANK]
+
+    def run(model, x, y, **kw):
+        opt = optim.SGD(lr=1e100)
+        with np.errstate(over="ignore", invalid="ignore"):
+            try:
+                model.train(x, y, opt, loss.MSE(), EPOCHS, shuffle=False, verbose=False,
+                            **kw)
+            except FloatingPointError as err:
+                return opt.t, str(err).split(" (optimizer")[0]
+        return opt.t, "no error"
+
+    net = make_model("mse", seed=1 + RANK, custom=custom)
+    t, message = run(net, x, y, batch_size=4, comm=COMM)
+    digests = COMM.gather(digest(net), root=0)
+    if RANK != 0:
+        return None
+    oracle = make_model("mse", seed=1, custom=custom)
+    t0, message0 = run(oracle, *union(all_shards, 4), batch_size=SIZE * 4)
+    return {"params_rel": rel(net.params, oracle.params), "t": [t, t0],
+            "messages": [message, message0], "ranks_identical": len(set(digests)) == 1,
+            "finite": bool(np.isfinite(net.params).all())}
+
+
 def shuffled_and_saved(folder):
     """Shuffling (per-rank generators) keeps ranks identical; save(comm=) writes once."""
     x, y = shards([30] * SIZE, "cce")[RANK]
@@ -171,6 +199,7 @@ def equivalence():
                                           loss_kw={"eps": 0.2})
     results["plan-decay-SGD-mse"] = compare("decay", "mse", "SGD", [12] * SIZE, 4,
                                             opt_kw={"weight_decay": 0.3})
+    results["diverge-plan"], results["diverge-custom"] = diverged(False), diverged(True)
     folder = tempfile.mkdtemp() if RANK == 0 else None
     results["shuffle-save"] = shuffled_and_saved(COMM.bcast(folder, root=0))
     return results

@@ -97,6 +97,18 @@ def test_weight_decay_mean_reduction_and_eps_apply_to_the_union_batch(two_ranks,
     _assert_equivalent(two_ranks[case])
 
 
+@pytest.mark.parametrize("path", ["plan", "custom"])
+def test_divergence_stops_every_rank_before_the_step_with_a_non_finite_loss(two_ranks, path):
+    """As one process on the union batch: the same error, the same steps taken (the one
+    whose loss is not finite is not), the same finite weights."""
+    result = two_ranks[f"diverge-{path}"]
+    assert result["messages"][0] == result["messages"][1], result
+    assert "loss became" in result["messages"][0], result
+    assert result["t"][0] == result["t"][1] >= 1, result
+    assert result["finite"] and result["ranks_identical"], result
+    assert result["params_rel"] < 1e-10, result
+
+
 def test_full_batch_uses_every_rank_s_whole_shard(two_ranks):
     result = two_ranks["fullbatch-RMSProp-cce"]
     _assert_equivalent(result)
@@ -126,8 +138,10 @@ def test_faults_end_the_job_with_the_error_on_every_rank():
                              r"contains NaN",
                 "wrong_columns": r"DistributedInputError: .*disagree on the x columns "
                                  r"\(rank 0: 5, rank 1: 6\)",
-                "diverge_one_rank": r"FloatingPointError: train: the loss became nan at "
-                                    r"epoch 1",
+                # rank 1's y * 1e300: the union loss is NaN before any step
+                "diverge_one_rank": r"FloatingPointError: train: the loss is (nan|inf) at the "
+                                    r"weights train started from \(epoch 1, before any "
+                                    r"update\)",
                 "save_fails": r"(FileNotFoundError|OSError: save: rank 0 could not write)"}
     for rank in (0, 1):
         for scenario, pattern in expected.items():

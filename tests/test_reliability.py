@@ -565,13 +565,68 @@ def test_divergence_raises_floating_point_error_naming_epoch_and_lr(dtype, batch
                   net.train, np.ones((n, 1)), np.zeros((n, 1)), optim.SGD(lr=1e100),
                   loss.MSE(), epochs=10, batch_size=batch_size, verbose=False)
     assert "Lower the learning rate" in str(err)
+    assert ("use float64" in str(err)) == (dtype == np.float32)   # not to float64 models
+
+
+class _PlainSGD(optim.SGD):
+    """A custom optimizer (SGD's update): the layer-by-layer path."""
+
+
+# tiny: one Linear(1) (the tiny-net kernel); plan: 8-16-1 (the general compiled plan);
+# steps: 8-4096-1, 41,000 parameters (a compiled call per step, the update from Python);
+# layerwise: the plan's net with a custom optimizer (layer by layer, Python's loop).
+DIVERGING = {"tiny": [], "plan": [16], "steps": [4096], "layerwise": [16]}
+
+
+def _diverging_net(path):
+    rng = np.random.default_rng(5)
+    stack = []
+    for units in DIVERGING[path]:
+        stack += [layers.Linear(units, rng=rng), layers.Tanh()]
+    return layers.Model(stack + [layers.Linear(1, rng=rng)])
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+@pytest.mark.parametrize("path", list(DIVERGING))
+def test_divergence_stops_before_the_step_whose_loss_is_not_finite(path, batch_size):
+    """SGD at lr = 1e100 overflows within a few steps. No path takes the step whose loss
+    is Inf or NaN (its gradient would make the weights NaN): the weights and ``t`` are
+    those of the steps before it, bit for bit those of a run of just those steps, and
+    the History holds the epochs before."""
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((64, 8)), rng.standard_normal((64, 1))
+    opt_type = _PlainSGD if path == "layerwise" else optim.SGD
+    kw = dict(loss=loss.MSE(), batch_size=batch_size, shuffle=False, verbose=False)
+    net, opt = _diverging_net(path), opt_type(lr=1e100)
+    with np.errstate(over="ignore", invalid="ignore"):   # the layer-by-layer path's NumPy
+        err = _raises(FloatingPointError, r"loss became (inf|nan) at epoch \d+", net.train,
+                      x, y, optim=opt, epochs=50, **kw)
+    epoch = int(re.search(r"at epoch (\d+)", str(err)).group(1))
+    assert "step with that loss was not taken" in str(err)
+    steps_per_epoch = 1 if batch_size is None else 4
+    done = (epoch - 1) * steps_per_epoch   # steps of the completed epochs
+    assert len(net.history) == epoch - 1
+    assert done <= opt.t < done + steps_per_epoch and opt.t >= 1, (opt.t, epoch)
+    assert np.isfinite(net.params).all()
+    # The same steps, from the same start: the completed epochs, then the first rows of
+    # the unfinished one (its steps before the one not taken).
+    again, opt2 = _diverging_net(path), opt_type(lr=1e100)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if epoch > 1:
+            again.train(x, y, optim=opt2, epochs=epoch - 1, **kw)
+        if opt.t > done:
+            again.train(x[:(opt.t - done) * 16], y[:(opt.t - done) * 16], optim=opt2,
+                        epochs=1, **kw)
+    assert opt2.t == opt.t
+    np.testing.assert_array_equal(net.params, again.params)
 
 
 def test_a_model_that_only_outputs_nan_reports_divergence_at_epoch_1():
     net = layers.Model([layers.Linear(2), layers.Relu(), layers.Linear(1)])
     net(np.ones((1, 3)))
     net.params[:] = np.nan
-    _raises(FloatingPointError, r"loss became nan at epoch 1", net.train, np.ones((4, 3)),
+    _raises(FloatingPointError, r"loss is nan at the weights train started from \(epoch 1, "
+                                r"before any update\)", net.train, np.ones((4, 3)),
             np.zeros((4, 1)), verbose=False)
 
 
