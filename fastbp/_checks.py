@@ -63,7 +63,8 @@ def as_batch(x, dtype, who, name="x", check_finite=True):
                          f"pass a 2-D NumPy array") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{who}: {name} must hold real numbers (int, bool or float), got "
-                        f"dtype {arr.dtype}; convert it, e.g. {name}.astype(np.float64)")
+                        f"dtype {arr.dtype} (for a list: integers beyond int64, or "
+                        f"non-numbers); convert it, e.g. np.asarray({name}, np.float64)")
     if arr.ndim != 2:
         raise ValueError(f"{who}: {name} must be 2-D (batch, features), got shape {arr.shape}; "
                          f"use {name}.reshape(-1, 1) for one feature or {name}[None, :] for "
@@ -71,19 +72,32 @@ def as_batch(x, dtype, who, name="x", check_finite=True):
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{who}: {name} is empty (shape {arr.shape}); pass at least one row "
                          f"and one column")
-    quiet = np.errstate(over="ignore") if check_finite else contextlib.nullcontext()
-    with quiet:  # under check_finite, a value too large for dtype becomes inf: see below
-        out = np.require(arr, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+    out = _converted(arr, dtype, who, name)
     if not out.flags.writeable:
         out = out.copy()
     if check_finite and not np.isfinite(out).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
-        if np.isfinite(arr[bad]):
-            raise ValueError(f"{who}: {name}{list(bad)} = {float(arr[bad]):g} is too large "
-                             f"for {dtype} (max {np.finfo(dtype).max:.3g}); scale the data "
-                             f"or use float64")
         raise ValueError(f"{who}: {name} contains NaN or Inf (first at index {bad}); "
                          f"clean or impute the data first")
+    return out
+
+
+def _converted(arr, dtype, who, name):
+    """``arr`` as a C-contiguous aligned array of ``dtype``; a finite value too large for
+    ``dtype`` (float64 data for a float32 layer, a longdouble beyond float64) is refused by
+    name instead of becoming inf with NumPy's nameless overflow warning."""
+    dtype = np.dtype(dtype)
+    narrowing = arr.dtype.kind == "f" and arr.dtype.itemsize > dtype.itemsize
+    with np.errstate(over="ignore") if narrowing else contextlib.nullcontext():
+        out = np.require(arr, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+    if narrowing:
+        overflowed = np.isinf(out) & np.isfinite(arr)
+        if overflowed.any():
+            bad = tuple(int(i) for i in np.argwhere(overflowed)[0])
+            wider = "; scale the data or use float64" if dtype == np.float32 else \
+                "; scale the data"
+            raise ValueError(f"{who}: {name}{list(bad)} = {arr[bad]!s} is too large for "
+                             f"{dtype} (max {np.finfo(dtype).max:.3g}){wider}")
     return out
 
 
@@ -132,7 +146,7 @@ def grad_like(grad, shape, dtype, who):
                          f"output had shape {shape}; pass dL/d(output) of that shape")
     if grad.dtype.kind not in "biuf":
         raise TypeError(f"{who}.backward: grad must be real numbers, got dtype {grad.dtype}")
-    grad = np.require(grad, dtype=dtype, requirements=["C_CONTIGUOUS"])
+    grad = _converted(grad, dtype, f"{who}.backward", "grad")
     return grad.copy() if not grad.flags.writeable else grad
 
 

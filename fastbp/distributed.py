@@ -265,7 +265,7 @@ def epoch_runner(model, x, y, batch_size, optim, loss, comm):
     exchange = GradientExchange(model, comm, mean_loss=isinstance(loss, MSE))
     natural = np.arange(n, dtype=np.int64)
     if plan is not None:   # plain sums from every rank, with the loss's own clip
-        plan.mean, plan.eps = False, getattr(loss, "eps", None)
+        plan.mean, plan.eps = False, None if code is None else loss._eps_for(model.dtype)
 
     def batch_gradient(rows):
         """This rank's batch loss and gradients; sums, never means over its rows (MSE,

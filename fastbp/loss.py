@@ -10,6 +10,7 @@ from .reference.loss import clip_eps
 
 __all__ = ["Loss", "MSE", "CategoricalCrossentropy", "BinaryCrossentropy", "SquaredError"]
 REDUCTIONS = ("sum", "mean")
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 class Loss:
@@ -51,11 +52,24 @@ class Loss:
                              f"reshape a 1-D target with y.reshape(-1, 1))")
         return pred, y
 
+    def _eps_for(self, dtype):
+        """The clip for predictions of ``dtype``: eps, else the dtype's default. In
+        float32 an eps below float32's smallest normal number is refused: the gradient at
+        p <= eps, -y / eps, would be -inf while the loss (summed in float64) is finite."""
+        if self.eps is None:
+            return clip_eps(dtype)
+        if self.eps < _F32_TINY and dtype == np.float32:
+            raise ValueError(f"{type(self).__name__}: eps={self.eps!r} is below float32's "
+                             f"smallest normal number ({_F32_TINY:.3g}): the gradient "
+                             f"-y / eps would overflow to -inf; use an eps of at least "
+                             f"{_F32_TINY:.3g} (the default is 1e-7) or float64")
+        return self.eps
+
     def __call__(self, pred, y):
         self._given_pred = pred  # lets fastbp.pairs check that pred came from the model
         self.pred, self.y = self._prepare(pred, y)
         self.grad = np.empty_like(self.pred)
-        eps = clip_eps(self.pred.dtype) if self.eps is None else self.eps
+        eps = self._eps_for(self.pred.dtype)
         value = float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y, eps))
         if self.reduction == "mean":   # the batch objective divided by its rows
             rows = len(self.pred)
@@ -92,7 +106,7 @@ class CategoricalCrossentropy(Loss):
     """loss = -sum(y * log(p)), summed over the batch and the classes (reduction="sum",
     the default; "mean" divides loss and gradient by the batch rows); p is clipped to
     [eps, 1] (eps 1e-12 in float64, 1e-7 in float32). ``backward`` is the
-    gradient -y / p of that clipped sum w.r.t. p (0 where p < eps). After a Softmax in a
+    gradient -y / p of that clipped sum w.r.t. p (-y / eps where p < eps). After a Softmax in a
     Model, the pair runs fused: the gradient w.r.t. the logits is that of the unclipped
     loss, p * sum(y) - y (= p - y for one-hot y), which stays right at saturation."""
     code, sums_rows = K.CCE, True
@@ -100,10 +114,20 @@ class CategoricalCrossentropy(Loss):
 
 class BinaryCrossentropy(Loss):
     """loss = -sum(y log p + (1 - y) log(1 - p)), summed over the batch and the outputs
-    (reduction="sum"; "mean" divides loss and gradient by the batch rows); p clipped to [eps, 1 - eps]. ``backward`` is the gradient (p - y) / (p (1 - p)) of
-    that clipped sum w.r.t. p. After a Sigmoid in a Model, the pair runs fused with the
-    unclipped loss's gradient p - y w.r.t. the logits (see fastbp.pairs)."""
+    (reduction="sum"; "mean" divides loss and gradient by the batch rows); p clipped to
+    [eps, 1 - eps]. ``backward`` is the gradient (p - y) / (p (1 - p)) of that clipped
+    sum w.r.t. p. After a Sigmoid in a Model, the pair runs fused with the unclipped
+    loss's gradient p - y w.r.t. the logits (see fastbp.pairs)."""
     code, sums_rows = K.BCE, True
+
+    def __init__(self, reduction="sum", eps=None):
+        super().__init__(reduction, eps)
+        if self.eps is not None and 1.0 - self.eps == 1.0:
+            raise ValueError(f"BinaryCrossentropy: eps={eps!r} is too small: 1 - eps rounds "
+                             f"to 1, so a prediction of exactly 1 would not be clipped and "
+                             f"log(1 - p) would make the loss NaN; use eps >= 1e-15 (the "
+                             f"default is 1e-12 in float64, 1e-7 in float32)")
+
 
 class SquaredError(Loss):
     """Half squared error, scikit-learn's ``squared_error``: per row 0.5 * mean over the

@@ -294,7 +294,7 @@ def epoch_runner(model, x, y, batch_size, optim, loss):
                              f"(one-hot encode class labels, reshape a 1-D target with "
                              f"y.reshape(-1, 1))")
         mean = getattr(loss, "reduction", "sum") == "mean"
-        eps = getattr(loss, "eps", None)
+        eps = loss._eps_for(model.dtype)
         return lambda orders, stop=(): plan.train(x, y, orders, code, optim, mean, eps, stop)
 
     def layerwise(orders, stop=()):

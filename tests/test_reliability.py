@@ -514,6 +514,71 @@ def test_cross_entropy_with_p_exactly_zero_or_one(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_of_a_nan_or_inf_prediction_is_nan_in_any_column(dtype):
+    """0 * log(p) is NaN for p = NaN or +inf: a column with y = 0 does not hide an invalid
+    prediction (the value was finite while the gradient was NaN), as the reference."""
+    y = np.array([[0.0, 1.0, 0.0]], dtype)
+    for bad in (np.nan, np.inf):
+        p = np.array([[bad, 0.5, 0.5]], dtype)
+        with _quiet(), np.errstate(invalid="ignore"):   # the reference's 0 * inf
+            value, ref_value = loss.CategoricalCrossentropy()(p, y), \
+                RL.CategoricalCrossentropy()(p, y)
+        assert np.isnan(value) and np.isnan(ref_value), (bad, value, ref_value)
+    p = np.array([[-np.inf, 0.5, 0.5]], dtype)   # clipped to eps: 0 * log(eps) = 0
+    with _quiet():
+        assert loss.CategoricalCrossentropy()(p, y) == pytest.approx(np.log(2), rel=1e-6)
+
+
+def test_an_eps_that_would_not_clip_or_would_overflow_the_gradient_is_refused():
+    """BCE: below ~1.1e-16, 1 - eps rounds to 1 and p = 1 gave a NaN loss (blamed on the
+    learning rate in train). float32: an eps below float32's smallest normal number gave
+    a finite loss with an infinite gradient."""
+    _raises(ValueError, r"BinaryCrossentropy: eps=1e-17 is too small: 1 - eps rounds to 1",
+            loss.BinaryCrossentropy, eps=1e-17)
+    assert loss.BinaryCrossentropy(eps=1e-15).eps == 1e-15
+    p32, y32 = np.array([[0.0, 1.0]], np.float32), np.array([[1.0, 0.0]], np.float32)
+    cce = loss.CategoricalCrossentropy(eps=1e-300)
+    _raises(ValueError, r"CategoricalCrossentropy: eps=1e-300 is below float32's smallest "
+                        r"normal", cce, p32, y32)
+    assert cce(p32.astype(np.float64), y32.astype(np.float64)) == \
+        pytest.approx(-np.log(1e-300), rel=1e-12)   # fine in float64
+    net = layers.Model([layers.Linear(2), layers.Softmax()], dtype=np.float32)
+    _raises(ValueError, r"eps=1e-300 is below float32's smallest normal", net.train,
+            np.ones((2, 3)), np.eye(2), loss=loss.CategoricalCrossentropy(eps=1e-300),
+            verbose=False)
+
+
+def test_values_too_large_for_a_float32_layer_or_loss_are_refused_by_name():
+    """Standalone float32 layers and losses given float64 data: a finite value beyond
+    float32 became inf with NumPy's nameless "overflow encountered in cast" warning (the
+    model paths already refused it)."""
+    big = np.array([[1e39, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # and no NumPy warning on the way
+        _raises(ValueError, r"MSE: y\[0, 0\] = 1e\+39 is too large for float32 \(max "
+                            r"3.4e\+38\); scale the data or use float64",
+                loss.MSE(), np.zeros((1, 2), np.float32), big)
+        lin = layers.Linear(1)
+        lin(np.ones((1, 2), np.float32))
+        _raises(ValueError, r"Linear: x\[0, 0\] = 1e\+39 is too large for float32",
+                lin, big)
+        sig = layers.Sigmoid()
+        sig(np.zeros((1, 2), np.float32))
+        _raises(ValueError, r"Sigmoid.backward: grad\[0, 0\] = 1e\+39 is too large",
+                sig.backward, big)
+        # A longdouble beyond float64 is named by its own value, and float64 is not
+        # offered to a float64 model.
+        huge = np.array([[np.longdouble("1e400"), 0]], np.longdouble)
+        if np.isfinite(huge[0, 0]):   # longdouble wider than float64 here
+            err = _raises(ValueError, r"x\[0, 0\] = 1e\+400 is too large for float64",
+                          layers.Model([layers.Linear(1)]).predict, huge)
+            assert "use float64" not in str(err)
+    err = _raises(TypeError, r"got dtype object", layers.Model([layers.Linear(1)]).predict,
+                  [[10**30, 1]])
+    assert "np.asarray(x, np.float64)" in str(err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_output_pairs_at_saturation_give_exactly_p_minus_y(dtype):
     eps = RL.clip_eps(dtype)
     with _quiet():
