@@ -94,6 +94,7 @@ class Plan:
                                self.g1[:rows].reshape(batch, n_out),
                                self.yb.reshape(batch, n_out))
         self.mean, self.eps = False, None   # the loss's reduction and clip (see train)
+        self._step = np.zeros(1)   # the optimizer's step count, in and out of the kernels
         self.default_eps = float(clip_eps(dtype))   # the clip when the loss sets none
         # Large models train step by step (see the class's docstring). A plan belongs to
         # one parameter buffer (plan_for), so this never changes.
@@ -113,7 +114,9 @@ class Plan:
         # The tiny kernel has no weight decay nor mean reduction (scikit-learn's options).
         kernel = self._tiny_train if self.tiny and not (decay or mean) else self._plan_train
         # The kernel counts the steps it takes: none on a NaN or Inf loss.
-        step = None if optim is None else np.array([float(optim.t)])
+        step = self._step
+        if optim is not None:
+            step[0] = optim.t
         done, losses = kernel(x, y, _order_array(orders), loss_code, optim,
                               np.empty(len(orders)), self._no_output, step=step)
         if optim is not None:
