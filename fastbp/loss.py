@@ -104,8 +104,8 @@ class MSE(Loss):
 
 class CategoricalCrossentropy(Loss):
     """loss = -sum(y * log(p)), summed over the batch and the classes (reduction="sum",
-    the default; "mean" divides loss and gradient by the batch rows); p is clipped to
-    [eps, 1] (eps 1e-12 in float64, 1e-7 in float32). ``backward`` is the
+    the default; "mean" divides loss and gradient by the batch rows); p is clipped below
+    at eps (1e-12 in float64, 1e-7 in float32; not above). ``backward`` is the
     gradient -y / p of that clipped sum w.r.t. p (-y / eps where p < eps). After a Softmax in a
     Model, the pair runs fused: the gradient w.r.t. the logits is that of the unclipped
     loss, p * sum(y) - y (= p - y for one-hot y), which stays right at saturation."""

@@ -40,7 +40,7 @@ class Reduced:
 
 
 class CategoricalCrossentropy(Reduced):
-    """-sum(y * log(p)) summed over batch and classes; p clipped to [eps, 1]. ``backward``
+    """-sum(y * log(p)) summed over batch and classes; p clipped below at eps. ``backward``
     is the gradient of the clipped sum w.r.t. p; after a Softmax, Model.backward uses the
     unclipped loss's gradient w.r.t. the logits instead (see ``logits_gradient``)."""
 
