@@ -53,11 +53,11 @@ class Loss:
         return pred, y
 
     def _eps_for(self, dtype):
-        """The clip for predictions of ``dtype``: eps, else the dtype's default. In
+        """The loss's eps for predictions of ``dtype`` (None: the dtype's default). In
         float32 an eps below float32's smallest normal number is refused: the gradient at
         p <= eps, -y / eps, would be -inf while the loss (summed in float64) is finite."""
         if self.eps is None:
-            return clip_eps(dtype)
+            return None
         if self.eps < _F32_TINY and dtype == np.float32:
             raise ValueError(f"{type(self).__name__}: eps={self.eps!r} is below float32's "
                              f"smallest normal number ({_F32_TINY:.3g}): the gradient "
@@ -70,6 +70,8 @@ class Loss:
         self.pred, self.y = self._prepare(pred, y)
         self.grad = np.empty_like(self.pred)
         eps = self._eps_for(self.pred.dtype)
+        if eps is None:
+            eps = clip_eps(self.pred.dtype)
         value = float(K.loss_forward_backward(self.code, self.grad, self.pred, self.y, eps))
         if self.reduction == "mean":   # the batch objective divided by its rows
             rows = len(self.pred)

@@ -94,7 +94,6 @@ class Plan:
                                self.g1[:rows].reshape(batch, n_out),
                                self.yb.reshape(batch, n_out))
         self.mean, self.eps = False, None   # the loss's reduction and clip (see train)
-        self._step = np.zeros(1)   # the optimizer's step count, in and out of the kernels
         self.default_eps = float(clip_eps(dtype))   # the clip when the loss sets none
         # Large models train step by step (see the class's docstring). A plan belongs to
         # one parameter buffer (plan_for), so this never changes.
@@ -113,34 +112,33 @@ class Plan:
         self.model._keep_held_gradients()   # gradient arrays a caller kept stay as they are
         # The tiny kernel has no weight decay nor mean reduction (scikit-learn's options).
         kernel = self._tiny_train if self.tiny and not (decay or mean) else self._plan_train
-        # The kernel counts the steps it takes: none on a NaN or Inf loss.
-        step = self._step
+        steps, losses = kernel(x, y, _order_array(orders), loss_code, optim,
+                               np.empty(len(orders)), self._no_output)
+        per_epoch = -(-len(x) // self.batch)
         if optim is not None:
-            step[0] = optim.t
-        done, losses = kernel(x, y, _order_array(orders), loss_code, optim,
-                              np.empty(len(orders)), self._no_output, step=step)
-        if optim is not None:
-            optim.t = int(step[0])
+            optim.t += steps
+        # Fewer steps than asked: the kernel stopped before a step whose loss was NaN or
+        # Inf, in the epoch after the completed ones (its loss is that NaN or Inf).
+        done = len(orders) if steps == len(orders) * per_epoch else steps // per_epoch + 1
         return losses[:done].tolist()
 
-    def _kernel_args(self, loss_code, optim, acts=None, step=None):
-        """The arguments shared by every call of plan_train / tiny_train. ``step``: the
-        optimizer's step count in a 1-element array the kernel updates (train only)."""
+    def _kernel_args(self, loss_code, optim, acts=None):
+        """The arguments shared by every call of plan_train / tiny_train."""
         model = self.model
         acts = self.acts if acts is None else acts
         eps = self.default_eps if self.eps is None else float(self.eps)
         if optim is None:    # gradient or predict: no step is taken, no state is read
-            code, s1, s2, hp, step = 0, model.params[:0], model.params[:0], _NO_HYPER, \
-                _NO_STEP
+            code, s1, s2, hp, t = 0, model.params[:0], model.params[:0], _NO_HYPER, 0.0
         else:
             slots = optim._slots("flat", model.params)
-            code, s1, s2, hp = optim.code, slots[0], slots[-1], optim.hyper()
+            code, s1, s2, hp, t = (optim.code, slots[0], slots[-1], optim.hyper(),
+                                   float(optim.t))
         return (self.spec, self.a_off, model.params, model.grads), \
-            (self.batch, loss_code, eps, code, s1, s2, hp, step, acts, self.g1, self.g2)
+            (self.batch, loss_code, eps, code, s1, s2, hp, t, acts, self.g1, self.g2)
 
     def _plan_train(self, x, y, orders, loss_code, optim, losses, out, mode=K.nn.TRAIN,
-                    acts=None, xb=None, decay=None, step=None):
-        head, tail = self._kernel_args(loss_code, optim, acts, step)
+                    acts=None, xb=None, decay=None):
+        head, tail = self._kernel_args(loss_code, optim, acts)
         xb = self.xb if xb is None else xb
         if decay is None:
             decay = getattr(optim, "weight_decay", 0.0) if mode == K.nn.TRAIN else 0.0
@@ -148,14 +146,14 @@ class Plan:
                 bool(self.mean))
         return K.ahead.call("plan", K.plan_train, args), losses
 
-    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None, step=None):
+    def _tiny_train(self, x, y, orders, loss_code, optim, losses, out, acts=None):
         if acts is None:
             acts, views = self.tiny_acts, self.tiny_views
         else:   # predict's own buffer
             n_out, last = self.n_out, int(self.tiny_a_off[-1])
             views = (acts[last:last + self.batch * n_out].reshape(self.batch, n_out),) + \
                 self.tiny_views[1:]
-        (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts, step)
+        (spec, _, params, grads), tail = self._kernel_args(loss_code, optim, acts)
         args = (spec, self.tiny_a_off, params, grads, x, y, orders, *tail, *views, losses,
                 out)
         return K.ahead.call("tiny", K.tiny_train, args), losses
@@ -213,7 +211,6 @@ class Plan:
 
 
 _NO_HYPER = np.zeros(6)
-_NO_STEP = np.zeros(1)   # read by no kernel: gradient and predict take no step
 _NATURAL = np.empty((1, 0), np.int64)   # "no row order": the rows as they come
 
 

@@ -662,15 +662,16 @@ def _gather_rows(xin, yin, x, y, order, lo):
 
 @njit(**SERIAL)
 def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
-               opt_code, s1, s2, hp, step, acts, g1, g2, xb, yb, losses, out, decay, mean):
-    """The compiled plan; returns the number of epochs run (TRAIN), else 0.
+               opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
+    """The compiled plan; returns the number of steps taken (TRAIN), else 0.
 
     TRAIN: train len(losses) epochs, losses[e] = mean batch loss of epoch e. A batch
     whose loss makes the epoch's sum NaN or Inf is not stepped on: training stops before
-    its update, with losses[e] that NaN or Inf (the weights, the optimizer's state and
-    its step count stay those the loss was computed at). orders: (epochs, N) row order
-    per epoch, or (1, 0) for the natural order. hp = (lr, a, b, eps) of the optimizer
-    (see optim_update); step[0] = optimizer steps taken before, and after on return.
+    its update, with losses[e] that NaN or Inf, so the weights and the optimizer's state
+    stay those the loss was computed at. Fewer steps than len(losses) epochs take means
+    that: the epochs run are then steps // (steps per epoch) + 1. orders: (epochs, N)
+    row order per epoch, or (1, 0) for the natural order. hp = (lr, a, b, eps) of the
+    optimizer (see optim_update); t = optimizer steps taken before.
     GRADIENT: the gradients of the batch x[orders[0]], y[orders[0]] into ``grads``, no
     update (a caller can combine several batches' gradients first); losses[0] = its loss.
     PREDICT: out = model(x), ``batch`` rows at a time.
@@ -696,7 +697,7 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
         return 0
     fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
     step_hp = _step_hyper(hp)
-    t = step[0]
+    taken = 0
     n_epochs = 1 if mode == GRADIENT else losses.shape[0]
     for e in range(n_epochs):
         order = orders[min(e, orders.shape[0] - 1)]
@@ -724,7 +725,7 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
             n_batches += 1
             if mode == TRAIN and not np.isfinite(total):   # no step on a NaN / Inf loss
                 losses[e] = total
-                return e + 1
+                return taken
             # backward, last block to first; d = dL/d(output of block k)
             use_g1 = True
             for k in range(n_blocks - 1, -1, -1):
@@ -752,13 +753,11 @@ def plan_train(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code,
                 losses[0] = total
                 return 0
             t += 1.0
-            step[0] = t
+            taken += 1
             _bias_terms(step_hp, hp, t, opt_code)
             _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
         losses[e] = total / n if mean else total / n_batches
-        if not np.isfinite(losses[e]):
-            return e + 1
-    return losses.shape[0]
+    return taken
 
 
 # ---------------------------------------------------------------- tiny-net plan
@@ -885,20 +884,20 @@ def _tiny_backward(spec, a_off, params, grads, rows, acts, d, nxt, fused):
 
 @njit(**SERIAL)
 def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
-               s1, s2, hp, step, acts, g1, g2, pred, dpred, yb, losses, out):
+               s1, s2, hp, t, acts, g1, g2, pred, dpred, yb, losses, out):
     """plan_train and plan_predict for tiny networks (see above), in one function so that
     a first run compiles one kernel. Trains len(losses) epochs (the natural order is
     orders of shape (1, 0)), then, when ``out`` has rows, writes model(x) into it.
     ``acts`` holds the batch's input rows at 0 and block k's output at a_off[k] (so
     a_off[0] >= batch * I_0).
     pred, dpred, yb: (batch, O_last) views of the last block's output in ``acts``, of
-    ``g1``, and a buffer for the batch's targets. Returns the number of epochs run; as
-    plan_train, no step is taken on a NaN or Inf loss, and step[0] counts the steps."""
+    ``g1``, and a buffer for the batch's targets. Returns the number of steps taken; as
+    plan_train, none on a NaN or Inf loss."""
     n = x.shape[0]
     n_out = pred.shape[1]
     fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
     step_hp = _step_hyper(hp)
-    t = step[0]
+    taken = 0
     for e in range(losses.shape[0]):
         order = orders[min(e, orders.shape[0] - 1)]   # (1, 0) orders: natural order
         total = 0.0
@@ -918,15 +917,13 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
             n_batches += 1
             if not np.isfinite(total):   # no step on a NaN / Inf loss
                 losses[e] = total
-                return e + 1
+                return taken
             _tiny_backward(spec, a_off, params, grads, rows, acts, g1, g2, fused)
             t += 1.0
-            step[0] = t
+            taken += 1
             _bias_terms(step_hp, hp, t, opt_code)
             _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
         losses[e] = total / n_batches
-        if not np.isfinite(losses[e]):
-            return e + 1
     last = a_off[spec.shape[0] - 1]
     no_order = orders[0, :0]
     for lo in range(0, out.shape[0], batch):
@@ -935,7 +932,7 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
         for r in range(rows):
             for j in range(n_out):
                 out[lo + r, j] = acts[last + r * n_out + j]
-    return losses.shape[0]
+    return taken
 
 
 # ---------------------------------------------------------------- compiling ahead
@@ -950,7 +947,7 @@ def tiny_train(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, 
 
 @njit(**dict(SERIAL, cache=False))
 def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, eps,
-              opt_code, s1, s2, hp, step, acts, g1, g2, xb, yb, losses, out, decay, mean):
+              opt_code, s1, s2, hp, t, acts, g1, g2, xb, yb, losses, out, decay, mean):
     """plan_train's last callees: _loss_rows, then from _update_range backwards; then
     loss_forward_backward, which validation calls after an epoch."""
     if batch >= 0:
@@ -959,7 +956,7 @@ def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, 
     n_out = out.shape[1]
     step_hp = _step_hyper(hp)
     rows = min(n, batch)
-    t = step[0] + 1.0
+    t += 1.0
     d = _view(g1, _START, rows, n_out)
     if x.shape[0] == 0:
         xin, yin = x[0:rows], y[0:rows]
@@ -991,14 +988,14 @@ def plan_tail(mode, spec, a_off, params, grads, x, y, orders, batch, loss_code, 
 
 @njit(**dict(SERIAL, cache=False))
 def tiny_tail(spec, a_off, params, grads, x, y, orders, batch, loss_code, eps, opt_code,
-              s1, s2, hp, step, acts, g1, g2, pred, dpred, yb, losses, out):
+              s1, s2, hp, t, acts, g1, g2, pred, dpred, yb, losses, out):
     """tiny_train's last callees, from _update_range backwards (see above)."""
     if batch >= 0:
         return 0
     rows = min(x.shape[0], batch)
     fused = loss_code == SOFTMAX_CCE or loss_code == SIGMOID_BCE
     step_hp = _step_hyper(hp)
-    t = step[0] + 1.0
+    t += 1.0
     _update_range(opt_code, params, grads, s1, s2, step_hp, 0, params.shape[0])
     _bias_terms(step_hp, hp, t, opt_code)
     _tiny_backward(spec, a_off, params, grads, rows, acts, g1, g2, fused)
