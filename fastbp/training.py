@@ -4,6 +4,7 @@ progress bar, validation, History. Works on any object with Model's attributes
 import _signal
 import contextlib
 import copy
+import functools
 import itertools
 import math
 import sys
@@ -213,8 +214,9 @@ def _progress(epochs):
         yield bar
 
 
+@functools.cache
 def _tqdm():
-    """tqdm's bar class, imported on the first bar: a notebook bar in Jupyter, else the
+    """tqdm's bar class, imported on the first bar (once per process): a notebook bar in Jupyter, else the
     console bar. As ``tqdm.auto`` picks it (its warning silenced the same way), without
     the asyncio mixin that ``tqdm.auto`` adds: importing asyncio took 24-35 ms of every
     process (``python -X importtime``, 2026-11-28), and a run without a bar pays none."""

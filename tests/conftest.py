@@ -5,9 +5,16 @@ import sys
 import numpy as np
 import pytest
 
+from fastbp import optim
 from fastbp.kernels import PARALLEL_MIN_ELEMENTS
 
 RTOL = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+class LayerwiseSGD(optim.SGD):
+    """A custom optimizer (SGD's update): forces the layer-by-layer path."""
+
+
 # Batch shapes (N, O): one row, odd sizes, and both sides of the serial/parallel switch.
 SMALL_SHAPES = [(1, 1), (1, 7), (3, 5), (17, 2), (64, 10), (65, 3)]
 LARGE_SHAPES = [(PARALLEL_MIN_ELEMENTS // 97 + 3, 97), (PARALLEL_MIN_ELEMENTS // 130 + 1, 131)]

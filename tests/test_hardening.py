@@ -25,7 +25,7 @@ from fastbp import data, layers, loss, optim
 from fastbp.reference import layers as R
 from fastbp.reference import loss as RL
 from fastbp.reference import optim as RO
-from conftest import assert_close, run_scripts
+from conftest import LayerwiseSGD, assert_close, run_scripts
 
 
 def _child(tmp_path, code, env=None, timeout=300):
@@ -66,10 +66,6 @@ def _reference_of(model):
 
 def _linear_weights(model):
     return [a for l in model.layers if hasattr(l, "w") for a in (l.w, l.b)]
-
-
-class _SlowSGD(optim.SGD):
-    """A custom optimizer (same update as SGD): forces the layer-by-layer path."""
 
 
 # ================================================== 1. Ctrl-C leaves a consistent state
@@ -306,7 +302,7 @@ def test_one_sgd_step_at_saturation_is_p_minus_y(out_layer, the_loss, y, want, r
         ref.train(x, y, optim=RO.SGD(lr=0.1), loss=getattr(RL, the_loss)(), epochs=1)
         w = ref.layers[0].w
     else:
-        opt = optim.SGD(lr=0.1) if route == "plan" else _SlowSGD(lr=0.1)
+        opt = optim.SGD(lr=0.1) if route == "plan" else LayerwiseSGD(lr=0.1)
         m.train(x, y, optim=opt, loss=getattr(loss, the_loss)(), epochs=1, verbose=False)
         w = m.layers[0].w
     np.testing.assert_allclose(w, want, rtol=1e-12, atol=1e-12)
@@ -331,7 +327,7 @@ def test_a_saturated_softmax_net_trains_alike_on_plan_layerwise_and_reference(dt
     kw = dict(loss=loss.CategoricalCrossentropy(), epochs=20, batch_size=16, seed=0,
               verbose=False)
     h_plan = nets[0].train(x, y, optim=optim.SGD(lr=1e-3), **kw)
-    h_slow = nets[1].train(x, y, optim=_SlowSGD(lr=1e-3), **kw)
+    h_slow = nets[1].train(x, y, optim=LayerwiseSGD(lr=1e-3), **kw)
     h_ref = ref.train(x, y, optim=RO.SGD(lr=1e-3), loss=RL.CategoricalCrossentropy(),
                       epochs=20, batch_size=16, seed=0)
     assert_close(h_plan, h_ref, dtype)

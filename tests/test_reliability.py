@@ -29,7 +29,7 @@ from fastbp import layers, loss, optim
 from fastbp.reference import layers as R
 from fastbp.reference import loss as RL
 from fastbp.reference import optim as RO
-from conftest import assert_close, run_scripts
+from conftest import LayerwiseSGD, assert_close, run_scripts
 
 DTYPES = [np.float64, np.float32]
 
@@ -633,10 +633,6 @@ def test_divergence_raises_floating_point_error_naming_epoch_and_lr(dtype, batch
     assert ("use float64" in str(err)) == (dtype == np.float32)   # not to float64 models
 
 
-class _PlainSGD(optim.SGD):
-    """A custom optimizer (SGD's update): the layer-by-layer path."""
-
-
 # tiny: one Linear(1) (the tiny-net kernel); plan: 8-16-1 (the general compiled plan);
 # steps: 8-4096-1, 41,000 parameters (a compiled call per step, the update from Python);
 # layerwise: the plan's net with a custom optimizer (layer by layer, Python's loop).
@@ -660,7 +656,7 @@ def test_divergence_stops_before_the_step_whose_loss_is_not_finite(path, batch_s
     the History holds the epochs before."""
     rng = np.random.default_rng(6)
     x, y = rng.standard_normal((64, 8)), rng.standard_normal((64, 1))
-    opt_type = _PlainSGD if path == "layerwise" else optim.SGD
+    opt_type = LayerwiseSGD if path == "layerwise" else optim.SGD
     kw = dict(loss=loss.MSE(), batch_size=batch_size, shuffle=False, verbose=False)
     net, opt = _diverging_net(path), opt_type(lr=1e100)
     with np.errstate(over="ignore", invalid="ignore"):   # the layer-by-layer path's NumPy
